@@ -1,0 +1,73 @@
+"""Shared config pieces: argument parsing, defaults every task starts from, `:smoke`.
+
+Config-argument grammar (after the colon in `--config=configs/x.py:ARG`): a comma-separated
+list of tokens. `name=value` sets an argument; a bare `name` sets it to True. Unknown argument
+names are an error. Example: `--config=configs/mnist_cnn.py:smoke,aug`.
+"""
+import ml_collections
+
+
+def parse_arg(arg, **defaults):
+  """Parses 'a,b=3' into a ConfigDict over `defaults` (types follow the defaults)."""
+  parsed = ml_collections.ConfigDict(dict(defaults))
+  for token in filter(None, (arg or '').split(',')):
+    name, _, value = token.partition('=')
+    if name not in defaults:
+      raise ValueError(f'Unknown config argument {name!r}; known: {sorted(defaults)}')
+    default = defaults[name]
+    if not value:
+      parsed[name] = True
+    elif isinstance(default, bool):
+      parsed[name] = value.lower() in ('1', 'true', 'yes')
+    else:
+      parsed[name] = type(default)(value) if default is not None else value
+  return parsed
+
+
+def base_config():
+  """Defaults shared by all tasks; task configs override what they need."""
+  c = ml_collections.ConfigDict()
+  c.task = ''                      # histojax.tasks.<task>
+  c.seed = 0
+  c.dtype = 'float32'              # compute dtype: float32 | bfloat16 (params stay float32)
+  c.batch_size = 64                # global batch, over all devices and hosts
+  c.eval_batch_size = 1024
+  # Durations: set `<name>_steps` or `<name>_epochs` (one of the two; the other None).
+  c.total_steps = None
+  c.total_epochs = None
+  c.log_every_steps = 100
+  c.eval_every_steps = None
+  c.eval_every_epochs = 1.0
+  c.ckpt_every_steps = None
+  c.ckpt_every_epochs = 1.0
+  # Model selection and early stopping on a validation metric.
+  c.best_metric = 'val/accuracy'
+  c.best_mode = 'max'              # max | min
+  c.early_stopping_patience = 0    # in evaluations; 0 turns it off
+  c.optimizer = ml_collections.ConfigDict(dict(name='adam', lr=1e-3, weight_decay=0.0))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name='constant',             # constant | step | cosine
+      decay_every_epochs=None, decay_every_steps=None, decay_factor=0.1,
+      warmup_steps=0))
+  c.data = ml_collections.ConfigDict()
+  c.data.workers = 0               # grain worker processes for the training stream
+  c.data.max_train_examples = None  # subset for smoke runs
+  c.data.max_eval_examples = None
+  c.model = ml_collections.ConfigDict()
+  c.mesh = [('data', -1)]
+  c.distributed = False            # call jax.distributed.initialize() (multi-host)
+  return c
+
+
+def smoke(c):
+  """Shrinks any config so that it runs end to end on CPU in well under a minute."""
+  c.total_steps, c.total_epochs = 20, None
+  c.batch_size = 16
+  c.eval_batch_size = 64
+  c.log_every_steps = 5
+  c.eval_every_steps, c.eval_every_epochs = 10, None
+  c.ckpt_every_steps, c.ckpt_every_epochs = 10, None
+  c.data.max_train_examples = 512
+  c.data.max_eval_examples = 200
+  c.data.workers = 0
+  return c

@@ -1,0 +1,1 @@
+"""histojax: pure-JAX training and evaluation for H&E histology (and MNIST)."""

@@ -1,0 +1,12 @@
+"""Model registry: config.model.name → flax linen module built from config.model."""
+import jax.numpy as jnp
+
+
+def get_model(config, num_classes):
+  kwargs = dict(config.model)
+  name = kwargs.pop('name')
+  dtype = jnp.dtype(config.dtype)
+  if name == 'cnn':
+    from histojax.models import cnn  # pylint: disable=g-import-not-at-top
+    return cnn.CNN(num_classes=num_classes, dtype=dtype, **kwargs)
+  raise ValueError(f'Unknown model {name!r} (config key: model.name).')

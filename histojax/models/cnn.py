@@ -1,0 +1,34 @@
+"""Small configurable CNN: conv(3x3)+BN+ReLU blocks, max-pools, Dense head."""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+he_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')  # torch kaiming_normal_
+
+
+class CNN(nn.Module):
+  num_classes: int
+  features: Sequence[int] = (32, 64, 128, 128, 256)
+  pool_after: Sequence[int] = (1, 3)   # indices of conv layers followed by 2x2 max-pool
+  dense: int = 256
+  dropout: float = 0.25
+  batch_norm: bool = True
+  dtype: jnp.dtype = jnp.float32       # compute dtype; params and BN statistics stay float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.astype(self.dtype)
+    for i, width in enumerate(self.features):
+      x = nn.Conv(width, (3, 3), padding=1, kernel_init=he_init, dtype=self.dtype)(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype)(x)
+      x = nn.relu(x)
+      if i in self.pool_after:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.dense, kernel_init=he_init, dtype=self.dtype)(x))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return x.astype(jnp.float32)

@@ -1,0 +1,50 @@
+"""Durations (steps or epochs → steps, in one place) and the optimizer with its schedule."""
+import math
+
+import optax
+
+
+def steps(prefix, config, steps_per_epoch, *, default=None):
+  """`<prefix>_steps` or `<prefix>_epochs` of `config` (or of a sub-dict) in steps."""
+  n_steps = config.get(f'{prefix}_steps')
+  n_epochs = config.get(f'{prefix}_epochs')
+  if n_steps is not None and n_epochs is not None:
+    raise ValueError(f'Set only one of {prefix}_steps and {prefix}_epochs.')
+  if n_steps is not None:
+    return int(n_steps)
+  if n_epochs is not None:
+    return max(1, int(math.ceil(n_epochs * steps_per_epoch)))
+  if default is None:
+    raise ValueError(f'Set {prefix}_steps or {prefix}_epochs in the config.')
+  return default
+
+
+def learning_rate(config, steps_per_epoch, total_steps):
+  s, lr = config.schedule, config.optimizer.lr
+  warmup = int(s.get('warmup_steps') or 0)
+  if s.name == 'constant':
+    main = optax.constant_schedule(lr)
+  elif s.name == 'step':
+    every = steps('decay_every', s, steps_per_epoch)
+    main = optax.exponential_decay(lr, every, s.decay_factor, staircase=True)
+  elif s.name == 'cosine':
+    main = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
+  else:
+    raise ValueError(f'Unknown schedule {s.name!r} (config key: schedule.name).')
+  if warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return main
+
+
+def optimizer(config, steps_per_epoch, total_steps):
+  lr = learning_rate(config, steps_per_epoch, total_steps)
+  o = config.optimizer
+  if o.name == 'adam':
+    tx = optax.adam(lr)
+  elif o.name == 'adamw':
+    tx = optax.adamw(lr, weight_decay=o.weight_decay)
+  elif o.name == 'sgd':
+    tx = optax.sgd(lr, momentum=o.get('momentum', 0.9), nesterov=True)
+  else:
+    raise ValueError(f'Unknown optimizer {o.name!r} (config key: optimizer.name).')
+  return tx, lr

@@ -1,0 +1,238 @@
+"""THE train loop, shared by every task: mesh → input → model/optimizer → sharded state →
+jitted steps → restore → loop (log, eval, checkpoint, early stop) → final report.
+
+Tasks differ only by config and by their task object (inputs, loss, metrics); see
+histojax/tasks. Data parallel: the batch is sharded over the mesh axis "data", the state is
+replicated, and jit inserts the gradient all-reduce.
+"""
+import json
+import logging
+import pathlib
+import signal
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from histojax import checkpoint, models, report, schedules, sharding, tasks, writers
+from histojax.data import pipeline
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: dict
+  batch_stats: dict
+  opt_state: optax.OptState
+
+
+def make_init(model, task, tx, sample_batch):
+  def init(rng):
+    x = task.inputs(sample_batch, rng, train=False)
+    variables = model.init({'params': rng, 'dropout': rng}, x, train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+  return init
+
+
+def make_train_step(model, task, tx, base_rng):
+  """One SGD step. The step RNG is fold_in(base_rng, step): nothing random is carried."""
+  def train_step(state, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    aug_rng, dropout_rng = jax.random.split(rng)
+
+    def loss_fn(params):
+      x = task.inputs(batch, aug_rng, train=True)
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+          rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      loss = task.loss(logits, batch)
+      return jnp.mean(loss), (logits, loss, updates.get('batch_stats', {}))
+
+    grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = task.train_metrics(logits, batch, loss)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+  return train_step
+
+
+def make_eval_step(model, task):
+  def eval_step(state, batch):
+    x = task.inputs(batch, None, train=False)
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                         train=False)
+    return task.eval_output(logits, batch)
+  return eval_step
+
+
+def _improved(value, best, mode):
+  return best is None or (value > best if mode == 'max' else value < best)
+
+
+def train_and_evaluate(config, workdir, mode='train'):
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    (workdir / 'config.json').write_text(config.to_json(indent=2))
+
+  # ---------------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config)
+  sharding.check_batch(config.batch_size, mesh)
+  sharding.check_batch(config.eval_batch_size, mesh, 'eval_batch_size')
+  hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+  # --------------------------------------------------------------------- input
+  splits = pipeline.get_splits(config)
+  pipeline.log_info(splits)
+  task = tasks.get_task(config, splits.info)
+  n_train = len(next(iter(splits.train.values())))
+  per_epoch = pipeline.steps_per_epoch(n_train, config.batch_size)
+  total_steps = schedules.steps('total', config, per_epoch)
+  log_every = config.log_every_steps
+  eval_every = schedules.steps('eval_every', config, per_epoch, default=total_steps)
+  ckpt_every = schedules.steps('ckpt_every', config, per_epoch, default=total_steps)
+  train_iter = pipeline.train_stream(splits.train, global_batch=config.batch_size,
+                                     seed=config.seed, workers=config.data.workers, **hosts)
+
+  # ---------------------------------------------------------- model, optimizer
+  model = models.get_model(config, splits.info['num_classes'])
+  tx, lr_fn = schedules.optimizer(config, per_epoch, total_steps)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+
+  # ------------------------------------------------------------- sharded state
+  sample = {k: v[:1] for k, v in splits.train.items()}
+  state = jax.jit(make_init(model, task, tx, sample),
+                  out_shardings=sharding.replicated(mesh))(init_rng)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('Model: %s, %d parameters; %d devices, %d hosts; %d steps (%d per epoch).',
+               config.model.name, n_params, mesh.size, jax.process_count(), total_steps,
+               per_epoch)
+
+  # --------------------------------------------------------------- jitted steps
+  train_step = jax.jit(make_train_step(model, task, tx, train_rng), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model, task))
+
+  def evaluate(state, arrays):
+    total = None
+    for local in pipeline.eval_batches(arrays, global_batch=config.eval_batch_size, **hosts):
+      out = eval_step(state, sharding.to_global(mesh, local))
+      total = out if total is None else total.merge(out)
+    return task.summarize(total.compute())
+
+  # ------------------------------------------------------------------- restore
+  ckpts = checkpoint.Checkpoints(workdir / 'checkpoints', best_metric=config.best_metric,
+                                 best_mode=config.best_mode)
+  loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False}
+  start = ckpts.latest_step()
+  if start is not None:
+    state, saved = ckpts.restore(start, checkpoint.abstract(state))
+    train_iter.set_state(saved['data_iterator'])
+    loop.update(saved['loop'])
+    logging.info('Resumed from %s at step %d.', ckpts.manager.directory, start)
+
+  def save(state, metrics=None):
+    step = int(state.step)
+    ckpts.save(step, state, {'data_iterator': train_iter.get_state(), 'loop': loop,
+                             'config': json.loads(config.to_json())}, metrics)
+
+  # ---------------------------------------------------------------------- loop
+  writer = writers.MetricWriter(workdir, enabled=is_main)
+  stop_requested = []
+  if mode == 'train':
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+  step = int(state.step)
+  progress = writers.Progress(total_steps, step)
+  pending = []  # (step, metrics on device) since the last log: checked for NaN/inf there
+
+  def flush_train_metrics():
+    if not pending:
+      return
+    steps_done, values = zip(*jax.device_get(pending))
+    pending.clear()
+    losses = np.array([v['loss'] for v in values])
+    if not np.all(np.isfinite(losses)):
+      bad = steps_done[int(np.argmin(np.isfinite(losses)))]
+      ckpts.close()
+      raise FloatingPointError(
+          f'Non-finite training loss at step {bad}. Stopped; the last good checkpoint '
+          f'(step {ckpts.latest_step()}) in {ckpts.manager.directory} is kept.')
+    scalars = {f'train/{k}': float(np.mean([v[k] for v in values])) for k in values[0]}
+    scalars['train/lr'] = float(lr_fn(steps_done[-1] - 1))
+    rate = progress.line(steps_done[-1], scalars)
+    if np.isfinite(rate):
+      scalars['train/steps_per_sec'] = rate
+    writer.write(steps_done[-1], scalars)
+
+  while mode == 'train' and step < total_steps and not loop['stopped_early']:
+    batch = sharding.to_global(mesh, next(train_iter))
+    state, metrics = train_step(state, batch)
+    step += 1
+    pending.append((step, metrics))
+    stop = bool(stop_requested) if jax.process_count() == 1 else False
+    if step % log_every == 0 or step == total_steps or stop:
+      flush_train_metrics()
+      if jax.process_count() > 1:  # every host must agree before a collective save
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        stop = bool(np.any(multihost_utils.process_allgather(np.array(bool(stop_requested)))))
+    val = None
+    if step % eval_every == 0 or step == total_steps:
+      val, _ = evaluate(state, splits.val)
+      val = {f'val/{k}': v for k, v in val.items()}
+      writer.write(step, val)
+      logging.info('step %d | %s', step, ' '.join(f'{k} {v:.4f}' for k, v in val.items()))
+      if _improved(val[config.best_metric], loop['best_value'], config.best_mode):
+        loop.update(best_step=step, best_value=val[config.best_metric], evals_since_best=0)
+      else:
+        loop['evals_since_best'] += 1
+      patience = config.early_stopping_patience
+      if patience and loop['evals_since_best'] >= patience:
+        logging.info('Early stopping at step %d: %s has not improved for %d evaluations '
+                     '(best %.4f at step %d).', step, config.best_metric, patience,
+                     loop['best_value'], loop['best_step'])
+        loop['stopped_early'] = True
+        stop = True
+    if (step % ckpt_every == 0 or step == total_steps or stop
+        or (val is not None and loop['best_step'] == step)):
+      flush_train_metrics()
+      save(state, val)
+    if stop:
+      if stop_requested:
+        logging.info('SIGTERM: saved step %d; re-run the same command to resume.', step)
+      break
+  flush_train_metrics()
+  ckpts.wait()
+
+  # ------------------------------------------- final report (best checkpoint, test)
+  if stop_requested:
+    ckpts.close()
+    writer.close()
+    return None
+  if mode == 'train' and step < total_steps and not loop['stopped_early']:
+    ckpts.close()
+    writer.close()
+    return None
+  final_step = loop['best_step'] or ckpts.latest_step()
+  if final_step is not None and final_step != int(state.step):
+    state, _ = ckpts.restore(final_step, checkpoint.abstract(state))
+  final_step = int(state.step)
+  results = {}
+  for split in ('val', 'test'):
+    scalars, confusion = evaluate(state, getattr(splits, split))
+    results[split] = (scalars, confusion)
+    prefix = 'test' if split == 'test' else 'final_val'
+    writer.write(final_step, {f'{prefix}/{k}': v for k, v in scalars.items()})
+  if is_main:
+    report.write(workdir, config, results, final_step, loop, splits.info)
+  logging.info('Final (step %d): test %s', final_step,
+               ' '.join(f'{k} {v:.4f}' for k, v in results['test'][0].items()))
+  ckpts.close()
+  writer.close()
+  return {split: scalars for split, (scalars, _) in results.items()}
