@@ -56,7 +56,7 @@ def make_train_step(model, task, tx, base_rng):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = task.train_metrics(logits, batch, loss)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics
@@ -231,6 +231,8 @@ def train_and_evaluate(config, workdir, mode='train'):
     writer.write(final_step, {f'{prefix}/{k}': v for k, v in scalars.items()})
   if is_main:
     report.write(workdir, config, results, final_step, loop, splits.info)
+  logging.info('Params fingerprint (process %d): %.10e', jax.process_index(),
+               float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))))
   logging.info('Final (step %d): test %s', final_step,
                ' '.join(f'{k} {v:.4f}' for k, v in results['test'][0].items()))
   ckpts.close()

@@ -1,0 +1,201 @@
+"""Bring-your-own data in three plain layouts.
+
+(a) segmentation: `<root>/images/<stem>.<ext>` + `<root>/masks/<stem>.<ext>` (same stems). Masks
+    may be binary 0/255 (-> 0/1), label-valued gray (kept), or palette PNG (-> palette indices).
+(b) classification by folder: `<root>/<class name>/<image>`; classes are the sorted folder names.
+(c) classification by CSV: a `filename,label` CSV + an image folder; an unlabelled test folder
+    may be added (label -1).
+
+Listing checks each image's header (mode RGB, mask size == image size); `verify=True` also
+decodes every file, so truncated files are caught at listing time (and skipped with skip_bad).
+"""
+import csv
+import dataclasses
+import pathlib
+import warnings
+
+import numpy as np
+
+from histojax.data import paths
+from histojax.data.sources import common
+
+
+@dataclasses.dataclass(frozen=True)
+class SegRecord:
+  name: str
+  image_path: pathlib.Path
+  mask_path: pathlib.Path
+  height: int
+  width: int
+
+  @property
+  def group(self) -> str:
+    return self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassRecord:
+  name: str  # file stem
+  image_path: pathlib.Path
+  label: int  # index into the class list; -1 when unlabelled
+  class_name: str  # '' when unlabelled
+
+  @property
+  def group(self) -> str:
+    return self.name
+
+
+def _check_image(path: pathlib.Path, verify: bool) -> tuple[int, int]:
+  if verify:
+    return common.read_rgb(path).shape[:2]
+  hw, mode = common.image_header(path)
+  common.check_rgb_mode(path, mode)
+  return hw
+
+
+def _seg_record(image_path, mask_dir, verify) -> SegRecord:
+  mask_path = common.find_file(mask_dir, image_path.stem)
+  if mask_path is None:
+    raise paths.DataError(f'Image {image_path} has no mask {image_path.stem}.<ext> in {mask_dir}.')
+  image_hw = _check_image(image_path, verify)
+  mask_hw = (common.read_label_mask(mask_path).shape if verify
+             else common.image_header(mask_path)[0])
+  common.check_same_size(image_path, mask_path, image_hw, mask_hw)
+  return SegRecord(image_path.stem, image_path, mask_path, *image_hw)
+
+
+def _folder(root, name) -> pathlib.Path:
+  path = pathlib.Path(root) / name if name else pathlib.Path(root)
+  if not path.is_dir():
+    raise paths.DataError(f'Folder {path} does not exist.')
+  return path
+
+
+def segmentation(root, images: str = 'images', masks: str = 'masks', verify: bool = False,
+                 skip_bad: bool = False) -> common.RecordList:
+  """Lists image/mask pairs matched by stem; a mask without an image is warned about."""
+  image_dir, mask_dir = _folder(root, images), _folder(root, masks)
+  image_paths = common.list_images(image_dir)
+  if not image_paths:
+    raise paths.DataError(f'No images in {image_dir}.')
+  stems = [p.stem for p in image_paths]
+  if len(set(stems)) != len(stems):
+    raise paths.DataError(f'{image_dir} has two images with the same stem; masks would be ambiguous.')
+  bad = common.BadItems(skip_bad, f'segmentation folder {root}')
+  items = [r for r in (bad.run(_seg_record, p, mask_dir, verify) for p in image_paths)
+           if r is not None]
+  orphans = sorted(p.name for p in common.list_images(mask_dir) if p.stem not in set(stems))
+  notes = []
+  if orphans:
+    notes.append(f'{len(orphans)} mask(s) in {mask_dir} have no image and were ignored: '
+                 f'{", ".join(orphans[:5])}')
+    warnings.warn(notes[-1], stacklevel=2)
+  return bad.finish(items, notes)
+
+
+def load_image(record) -> np.ndarray:
+  """uint8 [H, W, 3] for a SegRecord or ClassRecord."""
+  return common.read_rgb(record.image_path)
+
+
+def load_mask(record: SegRecord) -> np.ndarray:
+  """int32 [H, W]: binary 0/255 masks as 0/1, label values and palette indices as stored."""
+  mask = common.read_label_mask(record.mask_path)
+  common.check_same_size(record.image_path, record.mask_path, (record.height, record.width),
+                         mask.shape)
+  return mask
+
+
+def _check_classes(found, classes, where) -> list[str]:
+  if classes is None:
+    return sorted(found)
+  unknown = sorted(set(found) - set(classes))
+  if unknown:
+    raise paths.DataError(f'{where}: unknown class name(s) {unknown}; expected {list(classes)}.')
+  return list(classes)
+
+
+def class_folders(root, classes=None, verify: bool = False,
+                  skip_bad: bool = False) -> tuple[common.RecordList, list[str]]:
+  """Images sorted into one sub-folder per class -> (records, class names)."""
+  root = _folder(root, '')
+  dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+  if not dirs:
+    raise paths.DataError(f'{root} has no class sub-folders.')
+  names = _check_classes([d.name for d in dirs], classes, str(root))
+  bad = common.BadItems(skip_bad, f'class folders {root}')
+  items = []
+  for d in dirs:
+    for p in common.list_images(d):
+      ok = bad.run(_check_image, p, verify)
+      if ok is not None:
+        items.append(ClassRecord(p.stem, p, names.index(d.name), d.name))
+  if not items and not bad.messages:
+    raise paths.DataError(f'No images in the class folders of {root}.')
+  return bad.finish(items), names
+
+
+def _read_csv(csv_path: pathlib.Path) -> list[tuple[str, str]]:
+  try:
+    with open(csv_path, newline='', encoding='utf-8-sig') as f:
+      rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise paths.DataError(f'Cannot read label file {csv_path}: {e}') from e
+  if not rows:
+    raise paths.DataError(f'Label file {csv_path} is empty.')
+  header = [h.strip().lower() for h in rows[0]]
+  has_header = 'filename' in header and 'label' in header
+  if has_header:
+    i_file, i_label, rows = header.index('filename'), header.index('label'), rows[1:]
+  else:  # no header: first two columns
+    i_file, i_label = 0, 1
+  out = []
+  for line, row in enumerate(rows, start=2 if has_header else 1):
+    if len(row) <= max(i_file, i_label) or not row[i_file].strip() or not row[i_label].strip():
+      raise paths.DataError(f'Label file {csv_path} line {line} is malformed: {row} '
+                            '(expected filename,label).')
+    out.append((row[i_file].strip(), row[i_label].strip()))
+  return out
+
+
+def _resolve(image_dir: pathlib.Path, filename: str, csv_path) -> pathlib.Path:
+  path = image_dir / filename
+  if path.is_file():
+    return path
+  found = common.find_file(image_dir, filename) if not pathlib.Path(filename).suffix else None
+  if found is None:
+    raise paths.DataError(f'{csv_path} lists {filename!r} but {path} does not exist.')
+  return found
+
+
+def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = False,
+               skip_bad: bool = False) -> tuple[common.RecordList, common.RecordList, list[str]]:
+  """A `filename,label` CSV + image folder -> (labelled records, test records, class names).
+
+  Filenames may omit the extension. Labels are class names (sorted into indices, or checked
+  against `classes`). `test_dir` holds unlabelled images (label -1); empty list when None.
+  """
+  csv_path = pathlib.Path(csv_path)
+  image_dir = _folder(image_dir, '')
+  rows = _read_csv(csv_path)
+  seen = set()
+  for name, _ in rows:
+    if name in seen:
+      raise paths.DataError(f'Label file {csv_path} lists {name!r} twice.')
+    seen.add(name)
+  names = _check_classes({label for _, label in rows}, classes, str(csv_path))
+  bad = common.BadItems(skip_bad, f'labelled images {csv_path}')
+
+  def one(filename, label):
+    path = _resolve(image_dir, filename, csv_path)
+    _check_image(path, verify)
+    return ClassRecord(path.stem, path, names.index(label), label)
+
+  items = bad.finish([r for r in (bad.run(one, f, l) for f, l in rows) if r is not None])
+  tests = common.RecordList()
+  if test_dir is not None:
+    test_dir = _folder(test_dir, '')
+    bad_test = common.BadItems(skip_bad, f'unlabelled images {test_dir}')
+    tests = bad_test.finish([ClassRecord(p.stem, p, -1, '') for p in common.list_images(test_dir)
+                             if bad_test.run(_check_image, p, verify) is not None])
+  return items, tests, names

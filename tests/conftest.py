@@ -1,0 +1,44 @@
+"""Shared test helpers. Tests run on the real data under $HISTOJAX_DATA; in CI (CI=true) its
+absence is a failure, elsewhere a skip."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def require_data(name):
+  root = os.environ.get('HISTOJAX_DATA')
+  if root and (pathlib.Path(root) / name).is_dir():
+    return pathlib.Path(root) / name
+  message = f'dataset {name!r} not found under HISTOJAX_DATA={root!r}'
+  if os.environ.get('CI', '').lower() == 'true':
+    pytest.fail(message + ' (CI=true: data must be present)')
+  pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+  if not os.environ.get('HISTOJAX_CACHE'):
+    monkeypatch.setenv('HISTOJAX_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+
+
+def launch(args, *, devices=1, env=None, **popen):
+  """Starts launch.py in its own process group (so grain workers die with it)."""
+  full_env = dict(os.environ, **(env or {}))
+  full_env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  full_env['JAX_PLATFORMS'] = 'cpu'
+  return subprocess.Popen([sys.executable, str(ROOT / 'launch.py'), *args], cwd=ROOT,
+                          env=full_env, start_new_session=True, **popen)
+
+
+def kill_group(proc, sig=signal.SIGKILL):
+  try:
+    os.killpg(proc.pid, sig)
+  except ProcessLookupError:
+    pass

@@ -1,0 +1,81 @@
+"""Exact evaluation counting, and MNIST input errors."""
+import gzip
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import require_data
+from histojax.data import paths, pipeline
+from histojax.data.sources import mnist
+from histojax.tasks import classification
+
+
+@pytest.mark.parametrize('n,batch,hosts', [(37, 16, 1), (37, 16, 2), (64, 16, 4), (5, 8, 2)])
+def test_eval_batches_count_every_example_once(n, batch, hosts):
+  arrays = {'index': np.arange(n), 'label': np.zeros(n, np.int32)}
+  per_host = [list(pipeline.eval_batches(arrays, global_batch=batch, process_index=p,
+                                         process_count=hosts)) for p in range(hosts)]
+  assert len({len(b) for b in per_host}) == 1  # hosts stay in lockstep
+  seen = np.concatenate([b['index'][b['mask'] > 0] for bs in per_host for b in bs])
+  np.testing.assert_array_equal(np.sort(seen), np.arange(n))
+
+
+def test_masked_metrics_equal_numpy_on_uneven_split():
+  n, batch, k = 37, 16, 3
+  rng = np.random.default_rng(0)
+  labels, preds = rng.integers(0, k, n), rng.integers(0, k, n)
+  task = classification.ClassificationTask(ml_collections.ConfigDict({'data': {}}),
+                                           {'num_classes': k})
+  total = None
+  for b in pipeline.eval_batches({'label': labels.astype(np.int32), 'pred': preds},
+                                 global_batch=batch):
+    logits = jax.nn.one_hot(b['pred'], k) * 10.0
+    out = task.eval_output(logits, {k_: jnp.asarray(v) for k_, v in b.items()})
+    total = out if total is None else total.merge(out)
+  scalars, confusion = task.summarize(total.compute())
+  assert scalars['count'] == n
+  assert scalars['accuracy'] == pytest.approx(np.mean(labels == preds), abs=1e-7)
+  expected = np.zeros((k, k), int)
+  np.add.at(expected, (labels, preds), 1)
+  np.testing.assert_array_equal(confusion, expected)
+
+
+def test_mnist_counts_and_holdout():
+  require_data('mnist')
+  train, test = mnist.load('train'), mnist.load('test')
+  assert train['image'].shape == (60000, 28, 28, 1) and test['image'].shape == (10000, 28, 28, 1)
+  assert np.bincount(test['label']).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,
+                                                 974, 1009]
+  kept, held = pipeline.holdout({'label': train['label'], 'i': np.arange(60000)}, 5000, 0)
+  assert len(held['i']) == 5000 and not set(kept['i']) & set(held['i'])
+
+
+def _copy_mnist(tmp_path, corrupt=None):
+  src = require_data('mnist')
+  dst = tmp_path / 'mnist'
+  dst.mkdir()
+  for f in src.glob('*.gz'):
+    data = f.read_bytes()
+    if corrupt == f.name:
+      data = gzip.compress(gzip.decompress(data)[:-100])  # truncated payload, valid gzip
+    elif corrupt == 'gz:' + f.name:
+      data = data[: len(data) // 2]  # truncated gzip stream
+    (dst / f.name).write_bytes(data)
+  return tmp_path
+
+
+@pytest.mark.parametrize('corrupt', ['t10k-labels-idx1-ubyte.gz', 'gz:t10k-labels-idx1-ubyte.gz'])
+def test_truncated_idx_names_the_file(tmp_path, monkeypatch, corrupt):
+  monkeypatch.setenv('HISTOJAX_DATA', str(_copy_mnist(tmp_path, corrupt)))
+  with pytest.raises(paths.DataError, match='t10k-labels-idx1-ubyte.gz'):
+    mnist.load('test')
+
+
+def test_missing_file_says_where_to_put_it(tmp_path, monkeypatch):
+  (tmp_path / 'mnist').mkdir()
+  monkeypatch.setenv('HISTOJAX_DATA', str(tmp_path))
+  with pytest.raises(paths.DataError, match=r'never downloads data.*copy the four original IDX'):
+    mnist.load('train')

@@ -1,0 +1,135 @@
+"""End-to-end runs of the shared train loop on MNIST `:smoke` (real data, tiny subset)."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from conftest import ROOT, kill_group, launch, require_data
+
+SMOKE = f'--config={ROOT}/configs/mnist_cnn.py:smoke'
+
+
+@pytest.fixture(autouse=True)
+def _mnist():
+  require_data('mnist')
+
+
+def _params(workdir, step=None):
+  """Params of a finished run's checkpoint, as numpy (restored without a template)."""
+  import orbax.checkpoint as ocp
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  step = step or max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  path = directory / str(step) / 'state'
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    # A target on this process's one device: the run may have used another topology.
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          ckptr.metadata(path).item_metadata.tree)
+    state = ckptr.restore(path, target)
+  return jax.tree.map(np.asarray, state['params']), step
+
+
+def test_smoke_through_launch_main(tmp_path):
+  import launch as launch_module
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['launch.py', SMOKE, f'--workdir={tmp_path}'])
+  launch_module.main(['launch.py'])
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all('step' in r for r in rows)
+  assert any('train/loss' in r for r in rows) and any('val/accuracy' in r for r in rows)
+  test = next(r for r in rows if 'test/accuracy' in r)
+  assert test['test/count'] == 200  # max_eval_examples, every example counted once
+  assert test['test/accuracy'] > 0.2  # 20 steps of a tiny CNN: well above chance (0.1)
+  for name in ('report.md', 'config.json', 'plots/curves.png', 'plots/confusion_test.png'):
+    assert (tmp_path / name).exists(), name
+  assert list((tmp_path / 'tensorboard').iterdir())
+
+
+def _run(workdir, *extra, timeout=240):
+  proc = launch([SMOKE, f'--workdir={workdir}', *extra], stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True)
+  out, _ = proc.communicate(timeout=timeout)
+  return proc.returncode, out
+
+
+LONG = ('--config.total_steps=300', '--config.ckpt_every_steps=20', '--config.log_every_steps=20',
+        '--config.eval_every_steps=100')
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+  """A run killed (SIGKILL, whole process group) mid-way and resumed ends bit-identical."""
+  rc, out = _run(tmp_path / 'straight', *LONG)
+  assert rc == 0, out[-3000:]
+  reference, _ = _params(tmp_path / 'straight')
+
+  workdir = tmp_path / 'killed'
+  proc = launch([SMOKE, f'--workdir={workdir}', *LONG], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  ckpt_dir = workdir / 'checkpoints'
+  while time.time() < deadline and not (ckpt_dir.exists() and any(
+      p.name.isdigit() for p in ckpt_dir.iterdir())):
+    time.sleep(0.05)
+  assert proc.poll() is None, 'run finished before it could be killed'
+  kill_group(proc)
+  proc.wait()
+  saved = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
+  assert saved and max(saved) < 300
+
+  rc, out = _run(workdir, *LONG)
+  assert rc == 0, out[-3000:]
+  assert 'Resumed from' in out
+  resumed, step = _params(workdir)
+  assert step == 300
+  jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  proc = launch([SMOKE, f'--workdir={tmp_path}', *LONG, '--config.total_steps=100000'],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 180
+  while time.time() < deadline and not (tmp_path / 'metrics.jsonl').exists():
+    time.sleep(0.05)
+  time.sleep(1.0)
+  os.kill(proc.pid, signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert 'SIGTERM: saved step' in out
+  step = int(out.split('SIGTERM: saved step ')[1].split(';')[0])
+  assert (tmp_path / 'checkpoints' / str(step)).is_dir()
+  assert not (tmp_path / 'report.md').exists()
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  rc, out = _run(tmp_path, '--config.optimizer.lr=1e30', '--config.ckpt_every_steps=1',
+                 '--config.log_every_steps=1')
+  assert rc != 0
+  assert 'Non-finite training loss at step' in out
+  bad = int(out.split('Non-finite training loss at step ')[1].split('.')[0])
+  steps = [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert steps and max(steps) < bad
+  params, _ = _params(tmp_path)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_unknown_config_key_is_named(tmp_path):
+  rc, out = _run(tmp_path, '--config.not_a_key=3')
+  assert rc != 0 and 'not_a_key' in out
+  rc, out = _run(tmp_path, '--config.optimizer.lrr=3')
+  assert rc != 0 and 'lrr' in out
+
+
+def test_missing_data_folder_gives_one_clear_error(tmp_path):
+  proc = launch([SMOKE, f'--workdir={tmp_path / "w"}'], env={'HISTOJAX_DATA': str(tmp_path)},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode != 0
+  assert f"Dataset 'mnist' not found at {tmp_path / 'mnist'}" in out
+  assert 'never downloads' in out
