@@ -1,25 +1,15 @@
-"""Dataset readers: counts and alignment on the real data (HISTOJAX_DATA), errors on small fixtures."""
+"""Dataset readers: counts and alignment on real data (HISTOJAX_DATA), errors on fixtures."""
 import functools
 import json
-import os
-import pathlib
 
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
+from conftest import require_data
 from histojax.data import paths
 from histojax.data.sources import brecahad, common, crchisto, folders, glas
-
-
-def _need_data(name):
-  root = os.environ.get('HISTOJAX_DATA')
-  if not root or not (pathlib.Path(root) / name).is_dir():
-    msg = f'real dataset {name} not available (set HISTOJAX_DATA)'
-    if os.environ.get('CI', '').lower() == 'true':
-      pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,7 +35,7 @@ def _rgb(h=20, w=30, seed=0):
 # ---- GlaS (real data) ------------------------------------------------------------------------
 
 def test_glas_counts_patients_grades():
-  _need_data('glas')
+  require_data('glas')
   recs = _glas()
   assert [sum(r.split == s for r in recs) for s in glas.SPLITS] == [85, 60, 20]
   assert not recs.skipped
@@ -58,7 +48,7 @@ def test_glas_counts_patients_grades():
 
 
 def test_glas_image_mask_aligned():
-  _need_data('glas')
+  require_data('glas')
   for split in glas.SPLITS:
     r = next(r for r in _glas() if r.split == split)
     image, mask = glas.load_image(r), glas.load_mask(r)
@@ -71,7 +61,7 @@ def test_glas_image_mask_aligned():
 
 
 def test_glas_notes_binary_masks_and_patient_overlap():
-  _need_data('glas')
+  require_data('glas')
   notes = glas.dataset_notes(_glas())
   assert any('binary for 165 of 165' in n and 'connected components' in n for n in notes)
   assert any('not patient-disjoint' in n and '11 of 16' in n for n in notes)
@@ -80,7 +70,7 @@ def test_glas_notes_binary_masks_and_patient_overlap():
 # ---- CRCHistoPhenotypes (real data) ----------------------------------------------------------
 
 def test_crchisto_counts_and_quirks():
-  _need_data('crchistophenotypes')
+  require_data('crchistophenotypes')
   s = crchisto.summary(_crc())
   assert (s['images'], s['detected'], s['typed']) == (100, 29756, 22444)
   assert s['per_class'] == {'epithelial': 7722, 'inflammatory': 6971, 'fibroblast': 5712,
@@ -95,7 +85,7 @@ def test_crchisto_counts_and_quirks():
 
 
 def test_crchisto_coordinates_are_zero_based_xy_on_nuclei():
-  _need_data('crchistophenotypes')
+  require_data('crchistophenotypes')
   for r in _crc():
     for pts in (r.detected, r.typed):
       assert pts.min() >= 0
@@ -109,7 +99,7 @@ def test_crchisto_coordinates_are_zero_based_xy_on_nuclei():
 
 
 def test_crchisto_conflicting_classes_resolved_in_class_order():
-  _need_data('crchistophenotypes')
+  require_data('crchistophenotypes')
   r = next(r for r in _crc() if r.name == 'img8')  # epithelial + others at one point
   points, labels, stats = crchisto.nuclei(r)
   assert stats['conflicting_class_points'] == 1

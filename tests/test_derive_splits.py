@@ -1,23 +1,13 @@
 """Tiles, nucleus crops, disc masks and group-aware splits (synthetic arrays + the real data)."""
 import functools
-import os
-import pathlib
 import warnings
 
 import numpy as np
 import pytest
 
+from conftest import require_data
 from histojax.data import derive, paths, splits
 from histojax.data.sources import crchisto, glas
-
-
-def _need_data(name):
-  root = os.environ.get('HISTOJAX_DATA')
-  if not root or not (pathlib.Path(root) / name).is_dir():
-    msg = f'real dataset {name} not available (set HISTOJAX_DATA)'
-    if os.environ.get('CI', '').lower() == 'true':
-      pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,7 +62,7 @@ def test_otsu_separates_two_modes():
 
 
 def test_glas_tiles_real_image():
-  _need_data('glas')
+  require_data('glas')
   r = next(r for r in _glas() if r.split == 'testB')
   t = derive.tile_image(glas.load_image(r), 100, mask=glas.load_mask(r, instances=False),
                         source=r.name, patient=r.patient)
@@ -105,7 +95,7 @@ def test_point_crops_centre_and_reflect_padding():
 
 
 def test_crchisto_crops_real():
-  _need_data('crchistophenotypes')
+  require_data('crchistophenotypes')
   r = _crc()[0]
   points, labels, _ = crchisto.nuclei(r)
   out = derive.point_crops(crchisto.load_image(r), points, labels, size=27)
@@ -148,7 +138,7 @@ def test_type_map_classes_and_merge():
 
 
 def test_crchisto_type_map_real():
-  _need_data('crchistophenotypes')
+  require_data('crchistophenotypes')
   r = _crc()[1]
   points, labels, _ = crchisto.nuclei(r)
   tmap, names = derive.points_to_type_map(points, labels, (r.height, r.width),
@@ -201,7 +191,7 @@ def test_random_split_needs_allow_leakage():
 
 
 def test_crchisto_nuclei_split_by_image():
-  _need_data('crchistophenotypes')
+  require_data('crchistophenotypes')
   groups, labels = [], []
   for r in _crc():
     _, lab, _ = crchisto.nuclei(r)
@@ -217,7 +207,7 @@ def test_crchisto_nuclei_split_by_image():
 
 
 def test_glas_val_split_by_patient():
-  _need_data('glas')
+  require_data('glas')
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     train, val = splits.glas_val_split(_glas(), val_fraction=0.2, seed=0)

@@ -48,7 +48,7 @@ class CrcRecord:
 
 
 def read_points(path: pathlib.Path) -> np.ndarray:
-  """Reads one .mat of nucleus centres as float64 [N, 2] (1-based x, y as stored); 0 x 2 if empty."""
+  """One .mat of nucleus centres -> float64 [N, 2] (1-based x, y as stored); 0 x 2 if empty."""
   if not path.is_file():
     raise paths.DataError(f'CRCHisto annotation file {path} is missing.')
   try:
@@ -68,7 +68,8 @@ def read_points(path: pathlib.Path) -> np.ndarray:
   if value.size == 0:
     return np.zeros((0, 2), np.float64)  # empty class file: valid, the image has none
   if value.ndim != 2 or value.shape[1] != 2:
-    raise paths.DataError(f'.mat file {path}: expected an N x 2 array of (x, y), got {value.shape}.')
+    raise paths.DataError(f'.mat file {path}: expected an N x 2 array of (x, y), '
+                          f'got {value.shape}.')
   value = value.astype(np.float64)
   if not np.all(np.isfinite(value)):
     raise paths.DataError(f'.mat file {path} holds non-finite coordinates.')

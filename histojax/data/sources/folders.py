@@ -80,7 +80,8 @@ def segmentation(root, images: str = 'images', masks: str = 'masks', verify: boo
     raise paths.DataError(f'No images in {image_dir}.')
   stems = [p.stem for p in image_paths]
   if len(set(stems)) != len(stems):
-    raise paths.DataError(f'{image_dir} has two images with the same stem; masks would be ambiguous.')
+    raise paths.DataError(f'{image_dir} has two images with the same stem; their masks would '
+                          'be ambiguous.')
   bad = common.BadItems(skip_bad, f'segmentation folder {root}')
   items = [r for r in (bad.run(_seg_record, p, mask_dir, verify) for p in image_paths)
            if r is not None]
