@@ -15,10 +15,12 @@ class Checkpoints:
 
   def __init__(self, directory, *, best_metric, best_mode):
     self.best_metric = best_metric
+    # Ties go to the earlier step, as in the train loop (strict improvement only).
+    tie_break = (lambda m: -m['step']) if best_mode == 'max' else (lambda m: m['step'])
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(n=1),
-        policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min',
-                       n=1, keep_checkpoints_without_metrics=False),
+        policies.BestN(get_metric_fn=lambda m: (m[best_metric], tie_break(m)),
+                       reverse=best_mode == 'min', n=1, keep_checkpoints_without_metrics=False),
     ])
     self.manager = ocp.CheckpointManager(
         pathlib.Path(directory).absolute(),
@@ -32,8 +34,9 @@ class Checkpoints:
     """loop_state: JSON-able dict (data iterator state, best so far, config)."""
     if step in self.manager.all_steps():
       return
-    if metrics is not None and self.best_metric not in metrics:
-      metrics = None
+    if metrics is not None:
+      metrics = ({self.best_metric: metrics[self.best_metric], 'step': step}
+                 if self.best_metric in metrics else None)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop_state)),
         metrics=metrics, force=True)

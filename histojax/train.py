@@ -188,6 +188,9 @@ def train_and_evaluate(config, workdir, mode='train'):
       val = {f'val/{k}': v for k, v in val.items()}
       writer.write(step, val)
       logging.info('step %d | %s', step, ' '.join(f'{k} {v:.4f}' for k, v in val.items()))
+      if config.best_metric not in val:
+        raise KeyError(f'config.best_metric={config.best_metric!r} is not a validation metric; '
+                       f'choose one of {sorted(val)}.')
       if _improved(val[config.best_metric], loop['best_value'], config.best_mode):
         loop.update(best_step=step, best_value=val[config.best_metric], evals_since_best=0)
       else:

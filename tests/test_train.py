@@ -133,3 +133,22 @@ def test_missing_data_folder_gives_one_clear_error(tmp_path):
   assert proc.returncode != 0
   assert f"Dataset 'mnist' not found at {tmp_path / 'mnist'}" in out
   assert 'never downloads' in out
+
+
+def test_early_stopping_and_eval_mode(tmp_path):
+  """lr=0: validation never improves, so patience 1 stops at the 2nd evaluation and the
+  report uses the first (best) checkpoint; --mode=eval reproduces the same test numbers."""
+  from configs import mnist_cnn
+  from histojax import train
+  config = mnist_cnn.get_config('smoke')
+  config.optimizer.lr = 0.0
+  config.model.batch_norm = False  # BN statistics would still move with lr=0
+  config.early_stopping_patience = 1
+  config.eval_every_steps, config.total_steps = 5, 20
+  results = train.train_and_evaluate(config, tmp_path)
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'val/accuracy' in r] == [5, 10]
+  assert next(r for r in rows if 'test/accuracy' in r)['step'] == 5
+  assert 'early stopped: True' in (tmp_path / 'report.md').read_text()
+  again = train.train_and_evaluate(config, tmp_path, mode='eval')
+  assert again['test'] == results['test']
