@@ -63,14 +63,17 @@ LONG = ('--config.total_steps=300', '--config.ckpt_every_steps=20', '--config.lo
         '--config.eval_every_steps=100')
 
 
-def test_exact_resume_after_sigkill(tmp_path):
-  """A run killed (SIGKILL, whole process group) mid-way and resumed ends bit-identical."""
-  rc, out = _run(tmp_path / 'straight', *LONG)
+@pytest.mark.parametrize('workers', [0, 2])
+def test_exact_resume_after_sigkill(tmp_path, workers):
+  """A run killed (SIGKILL, whole process group) mid-way and resumed ends bit-identical,
+  with the input pipeline in-process or in grain worker processes."""
+  args = (*LONG, f'--config.data.workers={workers}')
+  rc, out = _run(tmp_path / 'straight', *args)
   assert rc == 0, out[-3000:]
   reference, _ = _params(tmp_path / 'straight')
 
   workdir = tmp_path / 'killed'
-  proc = launch([SMOKE, f'--workdir={workdir}', *LONG], stdout=subprocess.DEVNULL,
+  proc = launch([SMOKE, f'--workdir={workdir}', *args], stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
   deadline = time.time() + 180
   ckpt_dir = workdir / 'checkpoints'
@@ -83,7 +86,7 @@ def test_exact_resume_after_sigkill(tmp_path):
   saved = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
   assert saved and max(saved) < 300
 
-  rc, out = _run(workdir, *LONG)
+  rc, out = _run(workdir, *args)
   assert rc == 0, out[-3000:]
   assert 'Resumed from' in out
   resumed, step = _params(workdir)

@@ -114,7 +114,8 @@ def _source_coords(rng, params, in_hw, out_hw):
   margin, k = 0.0, 0.0
   if _fires(rng, params, 'distortion'):
     k = rng.uniform(*_span(params['distortion']))
-    radial = 1 + np.float32(k) * (dy * dy + dx * dx) / np.float32(dy[0, 0] ** 2 + dx[0, 0] ** 2)
+    half_diag2 = np.float32(max(dy[0, 0] ** 2 + dx[0, 0] ** 2, 1))
+    radial = 1 + np.float32(k) * (dy * dy + dx * dx) / half_diag2
     dy, dx, exact = dy * radial, dx * radial, False
   if _fires(rng, params, 'elastic_alpha'):
     alpha = float(params['elastic_alpha'])
@@ -142,6 +143,10 @@ def _fold(c, n):
   return np.clip(n - 0.5 - np.abs(u - n), 0, n - 1)
 
 
+def _take(mask, flat_index, shape):
+  return None if mask is None else mask.reshape(-1).take(flat_index).reshape(shape)
+
+
 def _sample(image, mask, sy, sx, exact):
   """Samples image (bilinear; planar float32 (C, N), or uint8 (N, C) if exact) and mask once.
 
@@ -151,22 +156,24 @@ def _sample(image, mask, sy, sx, exact):
   """
   h, w, ch = image.shape
   sy, sx = _fold(sy, h), _fold(sx, w)
-  if exact or mask is not None:
-    nearest = (np.floor(sy + 0.5).astype(np.intp) * w + np.floor(sx + 0.5).astype(np.intp))
-    mask = None if mask is None else mask.reshape(-1).take(nearest)
-    if exact:
-      return image.reshape(-1, ch).take(nearest.ravel(), axis=0), mask
-  y0 = np.minimum(sy.astype(np.intp), h - 2).ravel()  # coords are ≥ 0, so truncation is floor
-  x0 = np.minimum(sx.astype(np.intp), w - 2).ravel()
-  wy, wx = (sy.ravel() - y0).astype(np.float32), (sx.ravel() - x0).astype(np.float32)
-  idx = (y0 * w + x0) * ch + np.arange(ch)[:, None]  # (C, N) byte offsets of the top-left corner
+  if exact:
+    base = (sy.astype(np.intp) * w + sx.astype(np.intp)).ravel()
+    return image.reshape(-1, ch).take(base, axis=0), _take(mask, base, sy.shape)
+  y0, x0 = np.minimum(np.floor(sy), h - 2).ravel(), np.minimum(np.floor(sx), w - 2).ravel()
+  wy, wx = sy.ravel() - y0, sx.ravel() - x0  # in [0, 1]; 1 only on the last row/column
+  base = y0.astype(np.intp) * w + x0.astype(np.intp)
+  if mask is not None:  # nearest = round half up, as map_coordinates(order=0)
+    mask = _take(mask, base + (wy >= 0.5) * w + (wx >= 0.5), sy.shape)
+  idx = base * ch + np.arange(ch)[:, None]  # (C, N) byte offsets of the top-left corner
   flat = image.reshape(-1)
   # Shifted views stand in for idx + 1 px / + 1 row: no extra index arithmetic.
-  p00, p01 = flat.take(idx).astype(np.float32), flat[ch:].take(idx)
-  p10, p11 = flat[w * ch:].take(idx).astype(np.float32), flat[(w + 1) * ch:].take(idx)
-  top = p00 + (p01 - p00) * wx
-  top += (p10 + (p11 - p10) * wx - top) * wy
-  return top, mask
+  w11 = wx * wy
+  w10, w01 = wy - w11, wx - w11
+  out = flat.take(idx) * (1 - wx - w10)
+  out += flat[ch:].take(idx) * w01
+  out += flat[w * ch:].take(idx) * w10
+  out += flat[(w + 1) * ch:].take(idx) * w11
+  return out, mask
 
 
 @functools.lru_cache(maxsize=1)
@@ -226,8 +233,8 @@ def augment(image, mask, params, *, seed, epoch, index):
 
   (oh, ow) is params['crop_size'] if set, else the input size. Pure in (seed, epoch, index).
   """
-  if image.dtype != np.uint8 or image.ndim != 3 or min(image.shape[:2]) < 2:
-    raise ValueError(f'augment wants uint8 HxWxC images (H, W ≥ 2), got {image.dtype} '
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 2:
+    raise ValueError(f'augment wants uint8 HxWx3 images (H, W ≥ 2), got {image.dtype} '
                      f'{image.shape}.')
   if mask is not None and mask.shape != image.shape[:2]:
     raise ValueError(f'mask shape {mask.shape} does not match image {image.shape[:2]}.')
@@ -257,4 +264,7 @@ def augment(image, mask, params, *, seed, epoch, index):
     f += np.float32(std) * _noise(rng, f.size).reshape(f.shape)
   np.clip(f, 0, 255, out=f)
   f += 0.5  # truncation below then rounds to nearest
-  return np.ascontiguousarray(f.astype(np.uint8).transpose(1, 2, 0)), mask
+  out = np.empty(out_hw + (3,), np.uint8)
+  for c in range(3):  # ~3x faster than a transposing copy
+    out[..., c] = f[c]
+  return out, mask
