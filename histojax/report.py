@@ -50,11 +50,12 @@ def plot_confusion(workdir, matrix, class_names, name='confusion_test.png'):
   return path
 
 
-def write(workdir, config, results, final_step, loop, info):
+def write(workdir, config, task, results, final_step, loop, info):
+  """results: {'val': (scalars, details), '<test part>': (...), ...}."""
   workdir = pathlib.Path(workdir)
-  class_names = info.get('class_names') or [str(i) for i in range(info['num_classes'])]
-  curves = plot_curves(workdir, ['loss', 'accuracy'])
-  confusion = plot_confusion(workdir, results['test'][1], class_names)
+  curves = plot_curves(workdir, task.curve_metrics)
+  parts = list(results)
+  names = [k for k in results[parts[-1]][0]]
   lines = [
       f'# Report: {config.get("dataset", "")} / {config.model.name}',
       '',
@@ -62,16 +63,15 @@ def write(workdir, config, results, final_step, loop, info):
       f'- evaluated checkpoint: step {final_step} (best by {config.best_metric}, '
       f'{config.best_mode}: {loop["best_value"]})',
       f'- early stopped: {loop["stopped_early"]}',
+      f'- validation: carved from the training data; test parts read only for this report',
       '',
-      '| metric | validation | test |',
-      '|---|---|---|',
+      '| metric | ' + ' | '.join(parts) + ' |',
+      '|---' * (len(parts) + 1) + '|',
   ]
-  val, test = results['val'][0], results['test'][0]
-  for k in test:
-    lines.append(f'| {k} | {val.get(k, float("nan")):.4f} | {test[k]:.4f} |')
+  for k in names:
+    cells = [results[p][0].get(k) for p in parts]
+    lines.append(f'| {k} | ' + ' | '.join('' if v is None else f'{v:.4f}' for v in cells) + ' |')
   lines += ['', *[f'> {note}' for note in info.get('notes', [])], '',
-            f'![curves]({curves.relative_to(workdir)})', '',
-            f'![confusion]({confusion.relative_to(workdir)})', '',
-            'Test confusion matrix (rows: true, columns: predicted):', '', '```',
-            np.array2string(np.asarray(results['test'][1]), max_line_width=200), '```', '']
-  (workdir / 'report.md').write_text('\n'.join(lines))
+            f'![curves]({curves.relative_to(workdir)})', '']
+  lines += task.report_sections(workdir, results, info)
+  (workdir / 'report.md').write_text('\n'.join(lines) + '\n')

@@ -93,14 +93,16 @@ def train_and_evaluate(config, workdir, mode='train'):
   splits = pipeline.get_splits(config)
   pipeline.log_info(splits)
   task = tasks.get_task(config, splits.info)
-  n_train = len(next(iter(splits.train.values())))
-  per_epoch = pipeline.steps_per_epoch(n_train, config.batch_size)
+  repeats = config.data.get('repeats_per_epoch', 1)
+  per_epoch = pipeline.steps_per_epoch(len(splits.train) * repeats, config.batch_size)
   total_steps = schedules.steps('total', config, per_epoch)
   log_every = config.log_every_steps
   eval_every = schedules.steps('eval_every', config, per_epoch, default=total_steps)
   ckpt_every = schedules.steps('ckpt_every', config, per_epoch, default=total_steps)
-  train_iter = pipeline.train_stream(splits.train, global_batch=config.batch_size,
-                                     seed=config.seed, workers=config.data.workers, **hosts)
+  train_iter = pipeline.train_stream(
+      splits.train, global_batch=config.batch_size, seed=config.seed,
+      workers=config.data.workers, transform=task.train_transform, repeats_per_epoch=repeats,
+      **hosts)
 
   # ---------------------------------------------------------- model, optimizer
   model = models.get_model(config, splits.info['num_classes'])
@@ -108,7 +110,10 @@ def train_and_evaluate(config, workdir, mode='train'):
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
   # ------------------------------------------------------------- sharded state
-  sample = {k: v[:1] for k, v in splits.train.items()}
+  sample = splits.train[0]
+  if task.train_transform is not None:
+    sample = task.train_transform(sample, epoch=0, index=0)
+  sample = {k: np.asarray(v)[None] for k, v in sample.items()}
   state = jax.jit(make_init(model, task, tx, sample),
                   out_shardings=sharding.replicated(mesh))(init_rng)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -120,9 +125,12 @@ def train_and_evaluate(config, workdir, mode='train'):
   train_step = jax.jit(make_train_step(model, task, tx, train_rng), donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, task))
 
-  def evaluate(state, arrays):
+  def evaluate(state, source):
+    """(scalars, details) over a whole split, each example counted once."""
+    if hasattr(task, 'evaluate'):  # e.g. sliding-window inference over whole images
+      return task.evaluate(model, state, source, mesh=mesh, **hosts)
     total = None
-    for local in pipeline.eval_batches(arrays, global_batch=config.eval_batch_size, **hosts):
+    for local in pipeline.eval_batches(source, global_batch=config.eval_batch_size, **hosts):
       out = eval_step(state, sharding.to_global(mesh, local))
       total = out if total is None else total.merge(out)
     return task.summarize(total.compute())
@@ -226,18 +234,21 @@ def train_and_evaluate(config, workdir, mode='train'):
   if final_step is not None and final_step != int(state.step):
     state, _ = ckpts.restore(final_step, checkpoint.abstract(state))
   final_step = int(state.step)
-  results = {}
-  for split in ('val', 'test'):
-    scalars, confusion = evaluate(state, getattr(splits, split))
-    results[split] = (scalars, confusion)
-    prefix = 'test' if split == 'test' else 'final_val'
-    writer.write(final_step, {f'{prefix}/{k}': v for k, v in scalars.items()})
+  results = {'val': evaluate(state, splits.val)}
+  writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'][0].items()})
+  for part, source in splits.tests.items():
+    results[part] = evaluate(state, source)
+    writer.write(final_step, {f'{part}/{k}': v for k, v in results[part][0].items()})
+  if hasattr(task, 'pool_tests') and len(splits.tests) > 1:
+    results['test'] = task.pool_tests([results[p] for p in splits.tests])
+    writer.write(final_step, {f'test/{k}': v for k, v in results['test'][0].items()})
   if is_main:
-    report.write(workdir, config, results, final_step, loop, splits.info)
+    report.write(workdir, config, task, results, final_step, loop, splits.info)
   logging.info('Params fingerprint (process %d): %.10e', jax.process_index(),
                float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))))
-  logging.info('Final (step %d): test %s', final_step,
-               ' '.join(f'{k} {v:.4f}' for k, v in results['test'][0].items()))
+  for part in results:
+    logging.info('Final (step %d): %s %s', final_step, part,
+                 ' '.join(f'{k} {v:.4f}' for k, v in results[part][0].items()))
   ckpts.close()
   writer.close()
-  return {split: scalars for split, (scalars, _) in results.items()}
+  return {part: scalars for part, (scalars, _) in results.items()}

@@ -1,4 +1,5 @@
-"""Splits as in-memory arrays → grain training stream and exact, padded evaluation batches."""
+"""Dataset splits → grain training stream (host augmentation, per-host rows, resumable) and
+exact, padded evaluation batches."""
 import dataclasses
 import logging
 from typing import Iterator
@@ -11,10 +12,12 @@ from histojax.data import paths
 
 @dataclasses.dataclass
 class Splits:
-  train: dict[str, np.ndarray]
-  val: dict[str, np.ndarray]
-  test: dict[str, np.ndarray]
-  info: dict  # e.g. {'num_classes': 10, 'notes': [...]}
+  """Random-access sources of example dicts. `tests` maps test-part names (MNIST: 'test';
+  GlaS: 'testA', 'testB') to sources; only the final report reads them."""
+  train: object
+  val: object
+  tests: dict
+  info: dict  # {'num_classes': int, 'class_names': [...], 'notes': [...], ...}
 
 
 def holdout(arrays, size, seed):
@@ -24,24 +27,48 @@ def holdout(arrays, size, seed):
   return ({k: v[keep] for k, v in arrays.items()}, {k: v[held] for k, v in arrays.items()})
 
 
-def _subset(arrays, n):
-  return arrays if n is None else {k: v[:n] for k, v in arrays.items()}
+class Subset:
+  """The first n examples of a source (smoke runs)."""
+
+  def __init__(self, source, n):
+    self.source, self.n = source, min(n, len(source))
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return self.source[i]
+
+
+def _subset(source, n):
+  source = as_source(source)
+  return source if n is None else Subset(source, n)
 
 
 def get_splits(config) -> Splits:
-  """Builds train/val/test for `config.dataset`. Test is only read by the final report."""
+  """Builds train/val/test sources for `config.dataset`."""
   if config.dataset == 'mnist':
     from histojax.data.sources import mnist  # pylint: disable=g-import-not-at-top
     tfds_dir = config.data.get('tfds_data_dir')
     load = (lambda s: mnist.load_tfds(s, tfds_dir)) if tfds_dir else mnist.load
     train, val = holdout(load('train'), config.data.val_size, config.seed)
-    test = load('test')
-    info = {'num_classes': 10, 'notes': []}
+    splits = Splits(train, val, {'test': load('test')},
+                    {'num_classes': 10, 'class_names': [str(i) for i in range(10)],
+                     'notes': []})
   else:
-    raise paths.DataError(f'Unknown dataset {config.dataset!r} (config key: dataset).')
-  return Splits(train=_subset(train, config.data.max_train_examples),
-                val=_subset(val, config.data.max_eval_examples),
-                test=_subset(test, config.data.max_eval_examples), info=info)
+    from histojax.data import datasets  # pylint: disable=g-import-not-at-top
+    splits = datasets.get_splits(config)
+  n_train, n_eval = config.data.max_train_examples, config.data.max_eval_examples
+  return Splits(train=_subset(splits.train, n_train), val=_subset(splits.val, n_eval),
+                tests={k: _subset(v, n_eval) for k, v in splits.tests.items()},
+                info=splits.info)
+
+
+def as_source(data):
+  """A dict of equal-length arrays, or anything with __len__/__getitem__ giving dicts."""
+  return _ArraySource(data) if isinstance(data, dict) else data
 
 
 class _ArraySource:
@@ -55,47 +82,78 @@ class _ArraySource:
     return self._len
 
   def __getitem__(self, index):
+    if isinstance(index, slice):
+      return _ArraySource({k: v[index] for k, v in self._arrays.items()})
     return {k: v[index] for k, v in self._arrays.items()}
 
 
-def train_stream(arrays, *, global_batch, seed, process_index=0, process_count=1,
-                 workers=0) -> grain.DatasetIterator:
+class _TrainExample:
+  """Host-local element j → the global example it stands for, transformed. Picklable, so it
+  runs unchanged in grain worker processes.
+
+  Global element g = (j // local) * global_batch + process_index * local + j % local, so each
+  host loads and augments only its own rows of every global batch. Epoch e covers elements
+  [e*n, (e+1)*n) in a permutation seeded by (seed, e); `transform(example, epoch=, index=g)`
+  therefore draws are a pure function of (seed, epoch, index): a resumed run sees the same data.
+  """
+
+  def __init__(self, source, *, n_per_epoch, seed, global_batch, local, process_index,
+               transform):
+    self.source, self.n, self.seed = source, n_per_epoch, seed
+    self.global_batch, self.local, self.process_index = global_batch, local, process_index
+    self.transform = transform
+    self._perm_epoch, self._perm = None, None
+
+  def __call__(self, j):
+    g = (j // self.local) * self.global_batch + self.process_index * self.local + j % self.local
+    epoch, position = divmod(g, self.n)
+    if self._perm_epoch != epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+      self._perm_epoch = epoch
+    example = dict(self.source[int(self._perm[position]) % len(self.source)])
+    if self.transform is not None:
+      example = self.transform(example, epoch=epoch, index=g)
+    return example
+
+
+def train_stream(source, *, global_batch, seed, process_index=0, process_count=1,
+                 workers=0, transform=None, repeats_per_epoch=1) -> grain.DatasetIterator:
   """Endless, seeded, reshuffled-every-epoch stream of this host's share of each batch.
 
-  The iterator's position is checkpointable (`get_state`/`set_state`), so a resumed run sees
-  exactly the batches an uninterrupted one would.
+  An epoch visits each training example `repeats_per_epoch` times (e.g. several random crops
+  per whole image). The iterator's position is checkpointable (`get_state`/`set_state`).
   """
   if global_batch % process_count:
     raise ValueError(f'batch_size {global_batch} is not divisible by {process_count} hosts.')
-  n = len(next(iter(arrays.values())))
+  n = len(source) * repeats_per_epoch
   if n < global_batch:
     raise ValueError(f'Training split has {n} examples, fewer than batch_size {global_batch}.')
-  ds = grain.MapDataset.source(_ArraySource(arrays)).shuffle(seed=seed).repeat(None)
-  ds = ds.batch(global_batch, drop_remainder=True)
   local = global_batch // process_count
-  ds = ds.map(lambda b: {k: v[process_index * local:(process_index + 1) * local]
-                         for k, v in b.items()})
+  make = _TrainExample(source, n_per_epoch=n, seed=seed, global_batch=global_batch,
+                       local=local, process_index=process_index, transform=transform)
+  ds = grain.MapDataset.range(2**62).map(make).batch(local, drop_remainder=True)
   it = ds.to_iter_dataset()
   if workers:
     it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=workers))
   return iter(it)
 
 
-def eval_batches(arrays, *, global_batch, process_index=0, process_count=1
+def eval_batches(source, *, global_batch, process_index=0, process_count=1
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Yields this host's part of each padded global batch, with a 0/1 `mask`.
 
   Every example appears in exactly one batch with mask 1; padding rows have mask 0. All hosts
   yield the same number of batches, so collective eval steps stay in lockstep.
   """
-  n = len(next(iter(arrays.values())))
+  source = as_source(source)
+  n = len(source)
   local = global_batch // process_count
   for start in range(0, n, global_batch):
     lo = start + process_index * local
     idx = np.arange(lo, lo + local)
     valid = idx < n
-    idx = np.where(valid, idx, 0)
-    batch = {k: v[idx] for k, v in arrays.items()}
+    rows = [source[int(i)] for i in np.where(valid, idx, 0)]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     batch['mask'] = valid.astype(np.float32)
     yield batch
 
@@ -105,7 +163,7 @@ def steps_per_epoch(n_train, global_batch):
 
 
 def log_info(splits: Splits):
-  for name in ('train', 'val', 'test'):
-    logging.info('%s: %d examples', name, len(next(iter(getattr(splits, name).values()))))
+  for name, source in [('train', splits.train), ('val', splits.val), *splits.tests.items()]:
+    logging.info('%s: %d examples', name, len(source))
   for note in splits.info.get('notes', []):
     logging.warning('%s', note)

@@ -9,4 +9,10 @@ def get_model(config, num_classes):
   if name == 'cnn':
     from histojax.models import cnn  # pylint: disable=g-import-not-at-top
     return cnn.CNN(num_classes=num_classes, dtype=dtype, **kwargs)
+  if name == 'unet':
+    from histojax.models import unet  # pylint: disable=g-import-not-at-top
+    return unet.UNet(num_classes=num_classes, dtype=dtype, **kwargs)
+  if name == 'resnet18':
+    from histojax.models import resnet  # pylint: disable=g-import-not-at-top
+    return resnet.ResNet18(num_classes=num_classes, dtype=dtype, **kwargs)
   raise ValueError(f'Unknown model {name!r} (config key: model.name).')

@@ -37,6 +37,8 @@ class EvalMetrics(clu_metrics.Collection):
 
 class ClassificationTask:
   eval_metrics = EvalMetrics
+  curve_metrics = ('loss', 'accuracy')
+  train_transform = None  # set for host-side augmentation (H&E patches)
 
   def __init__(self, config, info):
     self.num_classes = info['num_classes']
@@ -73,3 +75,16 @@ class ClassificationTask:
       recall = np.diag(matrix) / matrix.sum(1)
     out['balanced_accuracy'] = float(np.nanmean(recall))
     return out, matrix
+
+  def report_sections(self, workdir, results, info):
+    from histojax import report  # pylint: disable=g-import-not-at-top
+    names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
+    lines = []
+    for part, (_, confusion) in results.items():
+      if part == 'val':
+        continue
+      png = report.plot_confusion(workdir, confusion, names, f'confusion_{part}.png')
+      lines += [f'## {part}: confusion matrix (rows: true, columns: predicted)', '',
+                f'![confusion]({png.relative_to(workdir)})', '', '```',
+                np.array2string(np.asarray(confusion), max_line_width=200), '```', '']
+    return lines

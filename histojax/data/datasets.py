@@ -1,0 +1,254 @@
+"""The H&E datasets a config can name (`config.dataset`), built from the release readers
+(histojax/data/sources) and the derivations (derive.py), split by group (splits.py), and stored
+once as tfds array_record datasets (store.py).
+
+| config.dataset   | examples                                              | split by        |
+|------------------|-------------------------------------------------------|-----------------|
+| glas             | whole image + gland instance mask                     | patient (val)   |
+| crchisto_points  | whole image + disc mask (binary or types) + points    | image           |
+| brecahad_points  | same, BreCaHAD release layout                         | image           |
+| folder_seg       | images/ + masks/ (bring your own)                     | image           |
+| crchisto_patches | PxP nucleus-centred crop + class                      | image           |
+| glas_tiles       | PxP tile + benign/malignant                           | patient         |
+| folder_tiles     | PxP tile + class folder (bring your own, seed's A/B)  | image           |
+
+GlaS keeps its official testA/testB; everything else carves train/val/test with
+`config.data.fractions`. Validation always comes from training images, never test.
+"""
+import logging
+
+import numpy as np
+
+from histojax.data import derive, paths, pipeline, splits, store
+
+
+class Indexed:
+  """Examples `indices` of a source, in that order."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def _fractions(config):
+  return dict(config.data.get('fractions') or {'train': 0.7, 'val': 0.1, 'test': 0.2})
+
+
+def _fingerprint(config, files, *keys):
+  return {'files': store.fingerprint_files(files), 'dataset': config.dataset,
+          **{k: config.data.get(k) for k in keys}}
+
+
+def _split_by_group(stored, groups, labels, config, notes):
+  """Group-aware train/val/test over one stored split; a leaky split only on request."""
+  if config.data.get('allow_leakage'):
+    split, note = splits.random_split(len(groups), _fractions(config), config.seed,
+                                      allow_leakage=True)
+    notes.append(note)
+  else:
+    split = splits.group_split(groups, labels, _fractions(config), config.seed)
+    splits.check_disjoint(split, groups)
+  return {name: Indexed(stored, idx) for name, idx in split.items()}
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def _glas(config):
+  from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
+  records = glas.records(skip_bad=config.data.get('skip_bad', False))
+  by_split = {s: [r for r in records if r.split == s] for s in ('train', 'testA', 'testB')}
+
+  def generate(split):
+    for r in by_split[split]:
+      yield {'image': glas.load_image(r), 'mask': glas.load_mask(r, instances=True)}, r.name
+
+  stored, _ = store.prepare('glas', _fingerprint(config, [r.image_path for r in records]),
+                         list(by_split), generate,
+                         {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
+  train, val = splits.glas_val_split(records, config.data.get('val_fraction', 0.2), config.seed)
+  position = {r.name: i for i, r in enumerate(by_split['train'])}
+  notes = glas.dataset_notes(records) + [
+      f'Validation: {len(val)} GlaS training images of patients not in the training part '
+      f'({len(train)} images).'] + [f'Skipped bad input: {s}' for s in records.skipped]
+  info = {'num_classes': 2, 'class_names': ['background', 'gland'], 'notes': notes,
+          'instance_masks': True}
+  return pipeline.Splits(
+      Indexed(stored['train'], [position[r.name] for r in train]),
+      Indexed(stored['train'], [position[r.name] for r in val]),
+      {'testA': stored['testA'], 'testB': stored['testB']}, info)
+
+
+def _point_images(config):
+  """(records, load_image, nuclei(record) -> (points, labels), class names, reader notes)."""
+  if config.dataset == 'crchisto_points':
+    from histojax.data.sources import crchisto  # pylint: disable=g-import-not-at-top
+    records = crchisto.records(skip_bad=config.data.get('skip_bad', False))
+    return (records, crchisto.load_image, lambda r: crchisto.nuclei(r)[:2],
+            list(crchisto.CLASSES), crchisto.dataset_notes(records))
+  from histojax.data.sources import brecahad  # pylint: disable=g-import-not-at-top
+  root = config.data.get('root')
+  records = brecahad.records(root, skip_bad=config.data.get('skip_bad', False))
+  return (records, brecahad.load_image, lambda r: (r.points, r.labels),
+          list(brecahad.CLASSES), list(records.notes))
+
+
+def _points_seg(config):
+  records, load_image, nuclei, classes, notes = _point_images(config)
+  radius, types = config.data.get('radius', 5.0), config.data.get('types', False)
+  merge = config.data.get('merge')
+  merge = dict(merge) if merge else None
+  keep = config.data.get('classes')  # e.g. BreCaHAD's nuclear classes only
+  _, merged = (derive.merge_classes(classes, merge) if types else (None, ['nucleus']))
+
+  def generate(split):
+    del split
+    for r in records:
+      image = load_image(r)
+      points, labels = nuclei(r)
+      labels = np.asarray(labels, np.int32)
+      if keep:
+        chosen = np.isin(labels, [classes.index(c) for c in keep])
+        points, labels = points[chosen], labels[chosen]
+      if types:
+        mask, _ = derive.points_to_type_map(points, labels, image.shape[:2], classes, radius,
+                                            merge)
+        _, index = derive.merge_classes(classes, merge)
+        labels = np.array([index.get(classes[l], -1) if l >= 0 else -1 for l in labels],
+                          np.int32)
+      else:
+        mask = derive.points_to_binary_mask(points, image.shape[:2], radius).astype(np.int32)
+      yield {'image': image, 'mask': mask,
+             'points': np.asarray(points, np.float32).reshape(-1, 2), 'point_labels': labels
+             }, r.name
+
+  files = [r.image_path for r in records]
+  stored, _ = store.prepare(config.dataset, _fingerprint(config, files, 'radius', 'types', 'merge',
+                                                      'classes'),
+                         ['examples'], generate,
+                         {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32),
+                          'points': ((None, 2), np.float32), 'point_labels': ((None,), np.int32)})
+  parts = _split_by_group(stored['examples'], [r.group for r in records], None, config, notes)
+  names = ['background', *merged]
+  notes = notes + [f'Masks: discs of radius {radius} px around annotated nuclei '
+                   f'({"per-class type map" if types else "binary"}); split by image.']
+  info = {'num_classes': len(names), 'class_names': names, 'notes': notes,
+          'instance_masks': False, 'points': True}
+  return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+
+
+def _folder_seg(config):
+  from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
+  root = config.data.root
+  records = folders.segmentation(root, skip_bad=config.data.get('skip_bad', False))
+
+  def generate(split):
+    del split
+    for r in records:
+      yield ({'image': folders.load_image(r), 'mask': folders.load_mask(r).astype(np.int32)},
+             r.name)
+
+  stored, _ = store.prepare('folder_seg', _fingerprint(config, [r.image_path for r in records],
+                                                    'root'),
+                         ['examples'], generate,
+                         {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
+  notes = [f'Bring-your-own segmentation data from {root}; split by image.']
+  parts = _split_by_group(stored['examples'], [r.name for r in records], None, config, notes)
+  k = config.num_classes
+  names = ['background', *[f'class{i}' for i in range(1, k)]]
+  info = {'num_classes': k, 'class_names': names, 'notes': notes, 'instance_masks': False}
+  return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _crchisto_patches(config):
+  from histojax.data.sources import crchisto  # pylint: disable=g-import-not-at-top
+  records = crchisto.records(skip_bad=config.data.get('skip_bad', False))
+  size = config.data.get('patch_size', 100)
+  def generate(split):
+    del split
+    for i, r in enumerate(records):
+      image = crchisto.load_image(r)
+      points, labels, _ = crchisto.nuclei(r)
+      typed = labels >= 0
+      crops = derive.point_crops(image, points[typed], labels[typed], size)
+      for crop, label in zip(crops['image'], crops['label']):
+        yield {'image': crop, 'label': np.int32(label)}, [r.name, int(label)]
+
+  stored, metas = store.prepare('crchisto_patches',
+                         _fingerprint(config, [r.image_path for r in records], 'patch_size'),
+                         ['examples'], generate,
+                         {'image': ((size, size, 3), np.uint8), 'label': ((), np.int32)})
+  groups, labels = zip(*metas['examples'])
+  notes = crchisto.dataset_notes(records) + [
+      f'{len(groups)} typed nuclei as {size}x{size} crops centred on the nucleus (reflect-padded '
+      'at image borders); split by source image.']
+  parts = _split_by_group(stored['examples'], groups, labels, config, notes)
+  info = {'num_classes': 4, 'class_names': list(crchisto.CLASSES), 'notes': notes}
+  return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+
+
+def _tiles(config):
+  """Whole images of a few classes → tiles; label = the image's class; split by group."""
+  size = config.data.get('tile_size', 100)
+  min_tissue = config.data.get('min_tissue', 0.5)
+  if config.dataset == 'glas_tiles':
+    from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
+    records = glas.records(skip_bad=config.data.get('skip_bad', False))
+    class_names = ['benign', 'malignant']
+    images = [(r.name, r.patient, r.label, r.image_path, lambda r=r: glas.load_image(r))
+              for r in records]
+  else:
+    from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
+    classes = config.data.get('classes')
+    records, class_names = folders.class_folders(config.data.root, classes=classes)
+    images = [(r.name, '', r.label, r.image_path, lambda r=r: folders.load_image(r))
+              for r in records]
+  def generate(split):
+    del split
+    for name, patient, label, _, load in images:
+      tiles = derive.tile_image(load(), size, config.data.get('tile_stride'), source=name,
+                                patient=patient, min_tissue=min_tissue)
+      for tile in tiles['image']:
+        yield {'image': tile, 'label': np.int32(label)}, [name, patient, int(label)]
+
+  stored, metas = store.prepare(config.dataset, _fingerprint(
+      config, [p for *_, p, _ in images], 'tile_size', 'tile_stride', 'min_tissue', 'root',
+      'classes'), ['examples'], generate, {'image': ((size, size, 3), np.uint8),
+                                      'label': ((), np.int32)})
+  tiles_meta = metas['examples']
+  groups = splits.group_keys([m[0] for m in tiles_meta], [m[1] for m in tiles_meta])
+  labels = [m[2] for m in tiles_meta]
+  notes = [f'{len(tiles_meta)} tiles of {size}x{size} px with tissue fraction >= {min_tissue} '
+           f'from {len(images)} images; split by {"patient" if images[0][1] else "image"}.']
+  parts = _split_by_group(stored['examples'], groups, labels, config, notes)
+  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes}
+  return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+
+
+BUILDERS = {
+    'glas': _glas,
+    'crchisto_points': _points_seg,
+    'brecahad_points': _points_seg,
+    'folder_seg': _folder_seg,
+    'crchisto_patches': _crchisto_patches,
+    'glas_tiles': _tiles,
+    'folder_tiles': _tiles,
+}
+
+
+def get_splits(config) -> pipeline.Splits:
+  if config.dataset not in BUILDERS:
+    raise paths.DataError(f'Unknown dataset {config.dataset!r} (config key: dataset); known: '
+                          f'mnist, {", ".join(BUILDERS)}.')
+  result = BUILDERS[config.dataset](config)
+  logging.info('%s: train %d, val %d, %s', config.dataset, len(result.train), len(result.val),
+               ', '.join(f'{k} {len(v)}' for k, v in result.tests.items()))
+  return result

@@ -1,0 +1,120 @@
+"""Grid PNGs of examples with mask overlays or label captions, for eyeballing data/augmentation.
+
+  python -m histojax.data.show --config=configs/<name>.py --out=grid.png [--n=16]
+"""
+import numpy as np
+
+# tab20-like palette; label 0 is background and stays untinted.
+_PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+]) / 255.0
+
+
+def _as_rgb(image):
+  """Any of uint8 / float (normalised or not), HxW / HxWx1 / HxWx3 → float HxWx3 in [0, 1]."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  image = image[..., :3].astype(np.float32)
+  if image.dtype != np.uint8 and (image.min() < 0 or image.max() > 1):
+    lo, hi = (0.0, 255.0) if image.min() >= 0 and image.max() <= 255 else (image.min(), image.max())
+    image = (image - lo) / max(hi - lo, 1e-6)
+  return np.clip(image, 0, 1)
+
+
+def _overlay(rgb, mask, fill_alpha=0.35):
+  """Tints labelled pixels and draws their boundaries opaque, so small objects stay visible."""
+  mask = np.asarray(mask)
+  colour = _PALETTE[(mask.astype(np.int64) - 1) % len(_PALETTE)]
+  edge = np.zeros(mask.shape, bool)
+  edge[:-1] |= mask[:-1] != mask[1:]
+  edge[1:] |= mask[:-1] != mask[1:]
+  edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+  edge[:, 1:] |= mask[:, :-1] != mask[:, 1:]
+  alpha = np.where(edge, 1.0, fill_alpha) * (mask != 0)
+  return rgb * (1 - alpha[..., None]) + colour * alpha[..., None]
+
+
+def _name(label, class_names):
+  label = int(label)
+  known = class_names is not None and 0 <= label < len(class_names)
+  return str(class_names[label]) if known else str(label)
+
+
+def grid_png(images, masks_or_labels, out_path, ncols=4, class_names=None):
+  """Writes a grid of images to `out_path` (PNG).
+
+  masks_or_labels: per image, an HxW label mask (overlaid), a class index or one-hot/probability
+  vector (captioned), or None; or None for no annotation at all.
+  """
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  images = list(images)
+  targets = [None] * len(images) if masks_or_labels is None else list(masks_or_labels)
+  if len(targets) != len(images):
+    raise ValueError(f'{len(images)} images but {len(targets)} masks/labels.')
+  ncols = max(1, min(ncols, len(images)))
+  nrows = -(-len(images) // ncols)
+  fig = Figure(figsize=(3 * ncols, 3.2 * nrows))
+  FigureCanvasAgg(fig)
+  for i, (image, target) in enumerate(zip(images, targets)):
+    ax = fig.add_subplot(nrows, ncols, i + 1)
+    rgb, title = _as_rgb(image), None
+    target = None if target is None else np.asarray(target)
+    if target is not None and target.ndim == 2:
+      rgb = _overlay(rgb, target)
+      present = [v for v in np.unique(target) if v != 0]
+      if class_names is None:
+        title = f'{len(present)} labels'
+      else:
+        title = ', '.join(_name(v, class_names) for v in present[:4]) + '…' * (len(present) > 4)
+    elif target is not None:
+      title = _name(target if target.ndim == 0 else np.argmax(target), class_names)
+    ax.imshow(rgb, interpolation='nearest')
+    ax.set_axis_off()
+    if title:
+      ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  return out_path
+
+
+def _unpack(examples):
+  """sample_examples output (dict of stacked arrays, or list of dicts) → (images, targets)."""
+  if isinstance(examples, dict):
+    examples = [dict(zip(examples, values)) for values in zip(*examples.values())]
+  images = [e['image'] for e in examples]
+  key = next((k for k in ('mask', 'label') if k in examples[0]), None)
+  return images, None if key is None else [e[key] for e in examples]
+
+
+def main(argv):
+  del argv
+  from histojax.data import pipeline  # pylint: disable=g-import-not-at-top
+  sample_examples = getattr(pipeline, 'sample_examples', None)
+  if sample_examples is None:
+    raise SystemExit('histojax.data.pipeline.sample_examples(config, n) does not exist yet.')
+  config = _FLAGS.config
+  images, targets = _unpack(sample_examples(config, _FLAGS.n))
+  data = config.get('data') or {}
+  class_names = data.get('class_names') if hasattr(data, 'get') else None
+  print(grid_png(images, targets, _FLAGS.out, ncols=_FLAGS.ncols, class_names=class_names))
+
+
+if __name__ == '__main__':
+  # Flags are defined only when run as a script, so importing this module never clashes with
+  # a caller's own --config.
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=False)
+  flags.DEFINE_string('out', 'grid.png', 'Where to write the PNG.')
+  flags.DEFINE_integer('n', 16, 'How many examples.')
+  flags.DEFINE_integer('ncols', 4, 'Grid columns.')
+  _FLAGS = flags.FLAGS
+  flags.mark_flag_as_required('config')
+  app.run(main)

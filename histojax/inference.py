@@ -1,0 +1,94 @@
+"""Whole-image prediction by sliding windows, in the style of MONAI's sliding_window_inference."""
+import math
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+BLENDS = ('gaussian', 'constant')
+
+
+def window_starts(size: int, window: int, overlap: float) -> list:
+  """Window origins along one axis: a stride of window*(1-overlap), the last flush with the end."""
+  if size <= window:
+    return [0]
+  stride = max(int(window * (1 - overlap)), 1)
+  n = math.ceil((size - window) / stride) + 1
+  return sorted({min(i * stride, size - window) for i in range(n)})
+
+
+def importance_map(window: Sequence[int], blend: str = 'gaussian',
+                   sigma_scale: float = 0.125) -> np.ndarray:
+  """[h, w] float32 blending weights: ones, or a Gaussian (sigma = sigma_scale * side, peak 1)
+  clamped at 1e-3 as MONAI does, so borders still count where only one window covers them."""
+  if blend == 'constant':
+    return np.ones(window, np.float32)
+  if blend != 'gaussian':
+    raise ValueError(f'Unknown blend {blend!r}; expected one of {BLENDS}.')
+  axes = []
+  for n in window:
+    d = np.arange(n, dtype=np.float64) - (n - 1) / 2
+    axes.append(np.exp(-0.5 * (d / (sigma_scale * n))**2))
+  w = np.outer(axes[0], axes[1])
+  return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+
+
+def sliding_window(predict_fn: Callable, image: np.ndarray,
+                   window: Union[int, Sequence[int]] = (256, 256), overlap: float = 0.25,
+                   window_batch: int = 8, blend: str = 'gaussian', sigma_scale: float = 0.125,
+                   pad_mode: str = 'reflect') -> np.ndarray:
+  """Predicts one [H, W, C] image of any size with `predict_fn([N, h, w, C]) -> [N, h, w, K]`.
+
+  The image is padded (np.pad `pad_mode`, split evenly around it) so each side is at least the
+  window; windows overlap by `overlap`. predict_fn always gets exactly `window_batch` windows
+  (the last stack is filled with copies whose outputs are dropped), so a jitted predict_fn
+  compiles once. Outputs are blended with the importance map in a float32 host buffer,
+  normalised by the summed weights and cropped back: returns float32 [H, W, K].
+  """
+  image = np.asarray(image)
+  if image.ndim != 3:
+    raise ValueError(f'sliding_window expects one [H, W, C] image; got shape {image.shape}.')
+  if not 0 <= overlap < 1:
+    raise ValueError(f'overlap must be in [0, 1); got {overlap}.')
+  wh, ww = (window, window) if isinstance(window, int) else tuple(window)
+  height, width = image.shape[:2]
+  pad_h, pad_w = max(wh - height, 0), max(ww - width, 0)
+  if pad_h or pad_w:
+    image = np.pad(image, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                           (0, 0)), mode=pad_mode)
+  ph, pw = image.shape[:2]
+  origins = [(y, x) for y in window_starts(ph, wh, overlap)
+             for x in window_starts(pw, ww, overlap)]
+  weights = importance_map((wh, ww), blend, sigma_scale)
+
+  out, norm = None, np.zeros((ph, pw, 1), np.float32)
+  for y, x in origins:
+    norm[y:y + wh, x:x + ww, 0] += weights
+
+  def accumulate(pending):
+    nonlocal out
+    preds, batch_origins = pending
+    preds = np.asarray(preds, np.float32)   # waits for the device
+    if preds.shape[:3] != (window_batch, wh, ww) or preds.ndim != 4:
+      raise ValueError(f'predict_fn must map [N, {wh}, {ww}, C] to [N, {wh}, {ww}, K]; got '
+                       f'{preds.shape} for N={window_batch}.')
+    if out is None:
+      out = np.zeros((ph, pw, preds.shape[-1]), np.float32)
+    for (y, x), p in zip(batch_origins, preds):
+      out[y:y + wh, x:x + ww] += p * weights[..., None]
+
+  pending = None
+  for i in range(0, len(origins), window_batch):
+    batch_origins = origins[i:i + window_batch]
+    padded = batch_origins + [batch_origins[-1]] * (window_batch - len(batch_origins))
+    windows = np.stack([image[y:y + wh, x:x + ww] for y, x in padded])
+    # Dispatch the next stack before reading the previous one back: with an async predict_fn
+    # (jax) the device works while the host blends.
+    preds = predict_fn(windows)
+    if pending is not None:
+      accumulate(pending)
+    pending = (preds, batch_origins)
+  accumulate(pending)
+
+  out /= norm
+  top, left = pad_h // 2, pad_w // 2
+  return out[top:top + height, left:left + width]

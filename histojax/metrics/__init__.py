@@ -1,0 +1,1 @@
+"""Evaluation metrics computed on host from accumulated counts."""
