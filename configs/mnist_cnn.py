@@ -23,9 +23,9 @@ def get_config(arg=None):
   c.dataset = 'mnist'
   c.data.val_size = 5000
   c.data.mean, c.data.std = (0.1307,), (0.3081,)
-  c.data.augment = None
+  c.data.device_augment = None  # augmentation inside the jitted step (cheap for 28x28)
   if arg.aug:
-    c.data.augment = dict(max_shift=2.0, max_rotate_deg=10.0)
+    c.data.device_augment = dict(max_shift=2.0, max_rotate_deg=10.0)
   c.num_classes = 10
   c.model = dict(name='cnn', features=(32, 64, 128, 128, 256), pool_after=(1, 3),
                  dense=256, dropout=0.25, batch_norm=True)

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from histojax import inference
 from histojax.models import resnet, torch_import, unet
-from conftest import ROOT
 
 TINY_UNET = (4, 8, 16)            # 2 pooling levels
 TINY_RESNET = (8, 16, 16, 32)

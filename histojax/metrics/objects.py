@@ -1,25 +1,29 @@
 """Object-level metrics on host (numpy/scipy): GlaS gland segmentation and nucleus detection.
 
 GlaS (Sirinukunwattana et al. 2017, official MATLAB evaluation_v6), per test part. Objects
-are the nonzero labels of instance maps; `label_objects` turns a binary prediction into one
-(8-connected, as MATLAB's bwlabel).
+are the nonzero labels of instance maps; a bool or 0/1 map is a binary mask, split into
+8-connected components (`label_objects`, as MATLAB's bwlabel).
 - Object F1: segmented object S_j is matched to the GT object G_i it overlaps most (ties: the
   lowest label, as MATLAB's mode); it is a TP if |S_j ∩ G_i| >= 0.5 |G_i|, else a FP. A GT
   object counts at most one TP (only two objects of exactly 50% each could both qualify; the
   second is a FP), so FN = GT objects without a TP. Pooled: TP/FP/FN summed over the part.
-- Object Dice: ½ [Σ_i ω_i Dice(G_i, S*(G_i)) + Σ_j ω̃_j Dice(G̃*(S_j), S_j)], ω_i = |G_i| / Σ|G|,
-  ω̃_j = |S_j| / Σ|S|, the partner being the object of maximal overlap (Dice 0 if none).
-- Object Hausdorff: the same construction with the Hausdorff distance between the pixel
-  sets; an object that overlaps nothing is paired with the object nearest by Hausdorff
-  distance (as the official code does).
+  (The paper says "at least 50%"; some ports of the MATLAB code test > 0.5.)
+- Object Dice: ½ [Σ_i ω_i Dice(G_i, S*(G_i)) + Σ_j ω̃_j Dice(G̃*(S_j), S_j)],
+  ω_i = |G_i| / Σ|G|, ω̃_j = |S_j| / Σ|S|, the partner being the object of maximal overlap
+  (Dice 0 if none).
+- Object Hausdorff: the same construction with the Hausdorff distance between the objects'
+  full pixel sets (exact: every pixel of one object against the other's boundary pixels in
+  a KD-tree); an object that overlaps nothing is paired with the object nearest by
+  Hausdorff distance (as the official code does; found by branch and bound).
 Pooled metrics normalise the weights over all objects of all images of the part, as in the
 challenge; per-image values and their means are returned too.
 
 Worst case for missing objects (do not reward finding fewer structures, cf. MONAI #9095):
 where one side of an image has no objects at all, each object on the other side scores
 Dice 0 and Hausdorff = the image diagonal hypot(H, W) (more than any in-image distance), and
-the empty side's own term is Dice 0 / the diagonal. An image with no objects on either side
-is perfect: F1 = Dice = 1, Hausdorff 0 (official F1score and ObjectDice do the same).
+the empty side's own term is Dice 0 / the diagonal (pooled: the part's largest diagonal, if
+that side is empty in every image). An image with no objects on either side is perfect:
+F1 = Dice = 1, Hausdorff 0 (official F1score and ObjectDice do the same).
 
 Detection: predicted blob centroids are matched one-to-one to annotated points (row, col)
 within `radius` px by a maximum-cardinality, minimum-total-distance assignment. Precision,
@@ -28,8 +32,6 @@ at all scores 1 for each. Counts are summed over images before scoring.
 """
 import numpy as np
 from scipy import ndimage, optimize, spatial
-
-_CROSS = ndimage.generate_binary_structure(2, 1)
 
 
 def label_objects(binary, min_size=0, connectivity=None):
@@ -101,7 +103,8 @@ class _Objects:
     if k not in self._trees:
       sl = self.slices[k]
       inside = np.pad(self.labels[sl] == k + 1, 1)
-      edge = inside & ~ndimage.binary_erosion(inside, _CROSS)
+      cross = ndimage.generate_binary_structure(inside.ndim, 1)
+      edge = inside & ~ndimage.binary_erosion(inside, cross)
       self._trees[k] = spatial.cKDTree(np.argwhere(edge) - 1 + self.lo[k])
     return self._trees[k]
 
@@ -156,9 +159,11 @@ def _glas_image(pred, gt):
   pred, gt = np.asarray(pred), np.asarray(gt)
   if pred.shape != gt.shape:
     raise ValueError(f'prediction {pred.shape} and ground truth {gt.shape} differ in shape')
-  if pred.dtype == bool:
-    pred = label_objects(pred)
-  s, g = _Objects(_consecutive(pred)), _Objects(_consecutive(gt))
+  # A 0/1 map is a binary mask, not one object: treating it as an instance map would merge
+  # every gland into one.
+  as_objects = lambda m: (label_objects(m) if m.dtype == bool or m.max(initial=0) <= 1
+                          else _consecutive(m))
+  s, g = _Objects(as_objects(pred)), _Objects(as_objects(gt))
   diag = float(np.hypot(*gt.shape))
   overlap = np.bincount((s.labels.ravel().astype(np.int64) * (g.n + 1) + g.labels.ravel()),
                         minlength=(s.n + 1) * (g.n + 1)).reshape(s.n + 1, g.n + 1)[1:, 1:]
@@ -197,9 +202,9 @@ def _two_sided(s_sum, s_area, g_sum, g_area, worst, perfect):
   """½ (S-side area-weighted mean + G-side one); an empty side scores `worst`, and
   `perfect` is returned when both sides are empty."""
   if s_area == 0 and g_area == 0:
-    return perfect
+    return float(perfect)
   side = lambda total, area: total / area if area else worst
-  return 0.5 * (side(s_sum, s_area) + side(g_sum, g_area))
+  return float(0.5 * (side(s_sum, s_area) + side(g_sum, g_area)))
 
 
 class GlaSMetrics:
@@ -209,7 +214,8 @@ class GlaSMetrics:
     self.images = []
 
   def update(self, pred_instances, gt_instances):
-    """pred_instances: integer instance map, or a bool mask (split into connected components)."""
+    """Integer instance maps (0 = background); a bool or 0/1 map is a binary mask, split
+    into 8-connected components."""
     self.images.append(_glas_image(pred_instances, gt_instances))
 
   def compute(self):

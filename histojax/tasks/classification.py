@@ -1,4 +1,7 @@
 """Image classification: softmax cross-entropy, accuracy, per-class counts."""
+import functools
+import logging
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -6,7 +9,8 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
-from histojax.data import device_augment
+from histojax.data import augment, device_augment
+from histojax.metrics import classification as cls_metrics
 
 
 @flax.struct.dataclass
@@ -38,19 +42,23 @@ class EvalMetrics(clu_metrics.Collection):
 class ClassificationTask:
   eval_metrics = EvalMetrics
   curve_metrics = ('loss', 'accuracy')
-  train_transform = None  # set for host-side augmentation (H&E patches)
 
   def __init__(self, config, info):
     self.num_classes = info['num_classes']
+    self.class_names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
     self.mean = jnp.asarray(config.data.get('mean', (0.5,)), jnp.float32)
     self.std = jnp.asarray(config.data.get('std', (0.5,)), jnp.float32)
-    self.augment = config.data.get('augment')
+    self.device_augment = config.data.get('device_augment')
+    host = config.data.get('augment')
+    # Host-side joint augmentation (H&E patches), drawn from (seed, epoch, index).
+    self.train_transform = (functools.partial(_augment_example, params=dict(host),
+                                              seed=config.seed) if host else None)
 
   def inputs(self, batch, rng, train):
     """uint8 images → normalised float32, augmented on device in training."""
     x = batch['image'].astype(jnp.float32) / 255.0
-    if train and self.augment:
-      x = device_augment.random_affine(rng, x, **self.augment)
+    if train and self.device_augment:
+      x = device_augment.random_affine(rng, x, **self.device_augment)
     return (x - self.mean) / self.std
 
   def loss(self, logits, batch):
@@ -65,15 +73,12 @@ class ClassificationTask:
         logits=logits, labels=batch['label'], mask=batch['mask'],
         loss=self.loss(logits, batch))
 
-  @staticmethod
-  def summarize(computed):
-    """Scalars for metrics.jsonl; the confusion matrix goes to the report."""
-    out = {k: float(v) for k, v in computed.items() if k != 'confusion'}
+  def summarize(self, computed):
+    """Scalars for metrics.jsonl (plus per-class F1); the confusion matrix for the report."""
     matrix = np.asarray(computed['confusion'])
-    out['count'] = int(matrix.sum())
-    with np.errstate(invalid='ignore', divide='ignore'):
-      recall = np.diag(matrix) / matrix.sum(1)
-    out['balanced_accuracy'] = float(np.nanmean(recall))
+    metrics = cls_metrics.from_confusion(matrix)
+    out = {'loss': float(computed['loss']), **cls_metrics.scalars(metrics)}
+    out.update({f'f1_{name}': float(f) for name, f in zip(self.class_names, metrics['f1'])})
     return out, matrix
 
   def report_sections(self, workdir, results, info):
@@ -83,8 +88,20 @@ class ClassificationTask:
     for part, (_, confusion) in results.items():
       if part == 'val':
         continue
+      metrics = cls_metrics.from_confusion(confusion)
+      ok, message = cls_metrics.bias_check(metrics, class_names=names)
+      if not ok:
+        logging.warning('%s: %s', part, message)
       png = report.plot_confusion(workdir, confusion, names, f'confusion_{part}.png')
-      lines += [f'## {part}: confusion matrix (rows: true, columns: predicted)', '',
-                f'![confusion]({png.relative_to(workdir)})', '', '```',
+      lines += [f'## {part}', '', f'> {message}', '',
+                cls_metrics.markdown_table(metrics, names), '',
+                f'![confusion]({png.relative_to(workdir)})', '',
+                'Confusion matrix (rows: true, columns: predicted):', '', '```',
                 np.array2string(np.asarray(confusion), max_line_width=200), '```', '']
     return lines
+
+
+def _augment_example(example, *, epoch, index, params, seed):
+  image, _ = augment.augment(np.asarray(example['image']), None, params, seed=seed,
+                             epoch=epoch, index=index)
+  return {'image': image, 'label': np.int32(example['label'])}
