@@ -50,6 +50,30 @@ def plot_confusion(workdir, matrix, class_names, name='confusion_test.png'):
   return path
 
 
+def plot_segmentation_panels(workdir, panels, name):
+  """Rows of image | ground truth | prediction | overlay (green: GT outline, red: prediction)."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(len(panels), 4, figsize=(13, 3.2 * len(panels)), squeeze=False)
+  k = max(int(max(t.max(), p.max())) for _, t, p in panels)
+  for row, (image, true, pred) in zip(axes, panels):
+    overlay = image.astype(np.float32) / 255.0
+    for labels, colour in ((true, (0, 1, 0)), (pred, (1, 0, 0))):
+      edge = (labels > 0) & ~ndimage.binary_erosion(labels > 0, iterations=2)
+      overlay[edge] = colour
+    for ax, img, title in zip(row, (image, true, pred, overlay),
+                              ('image', 'ground truth', 'prediction', 'overlay')):
+      ax.imshow(img, cmap='viridis' if img.ndim == 2 else None, vmin=0,
+                vmax=max(k, 1) if img.ndim == 2 else None, interpolation='nearest')
+      ax.set_title(title)
+      ax.axis('off')
+  fig.tight_layout()
+  path = pathlib.Path(workdir) / 'plots' / name
+  path.parent.mkdir(exist_ok=True)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
 def write(workdir, config, task, results, final_step, loop, info):
   """results: {'val': (scalars, details), '<test part>': (...), ...}."""
   workdir = pathlib.Path(workdir)

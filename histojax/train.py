@@ -105,7 +105,7 @@ def train_and_evaluate(config, workdir, mode='train'):
       **hosts)
 
   # ---------------------------------------------------------- model, optimizer
-  model = models.get_model(config, splits.info['num_classes'])
+  model = models.get_model(config, getattr(task, 'out_channels', splits.info['num_classes']))
   tx, lr_fn = schedules.optimizer(config, per_epoch, total_steps)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 

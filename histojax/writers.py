@@ -23,10 +23,13 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    # NaN (e.g. Dice of a class absent from every image) is written as null: valid JSON.
+    row = {k: (v if np.isfinite(v) else None) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **row}) + '\n')
     self._jsonl.flush()
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, v, int(step))
+    for k, v in row.items():
+      if v is not None:
+        self._tb.add_scalar(k, v, int(step))
 
   def write_images(self, step, images: dict[str, np.ndarray]):
     if self.enabled:

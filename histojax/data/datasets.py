@@ -104,6 +104,8 @@ def _points_seg(config):
   merge = config.data.get('merge')
   merge = dict(merge) if merge else None
   keep = config.data.get('classes')  # e.g. BreCaHAD's nuclear classes only
+  all_classes = classes
+  classes = list(keep) if keep else classes
   _, merged = (derive.merge_classes(classes, merge) if types else (None, ['nucleus']))
 
   def generate(split):
@@ -113,14 +115,16 @@ def _points_seg(config):
       points, labels = nuclei(r)
       labels = np.asarray(labels, np.int32)
       if keep:
-        chosen = np.isin(labels, [classes.index(c) for c in keep])
-        points, labels = points[chosen], labels[chosen]
+        names = [all_classes[l] if l >= 0 else None for l in labels]
+        chosen = np.array([n in keep for n in names], bool)
+        points = np.asarray(points).reshape(-1, 2)[chosen]
+        labels = np.array([keep.index(n) for n, c in zip(names, chosen) if c], np.int32)
       if types:
         mask, _ = derive.points_to_type_map(points, labels, image.shape[:2], classes, radius,
                                             merge)
         _, index = derive.merge_classes(classes, merge)
-        labels = np.array([index.get(classes[l], -1) if l >= 0 else -1 for l in labels],
-                          np.int32)
+        new = [index.get(classes[l]) if l >= 0 else None for l in labels]
+        labels = np.array([-1 if n is None else n for n in new], np.int32)
       else:
         mask = derive.points_to_binary_mask(points, image.shape[:2], radius).astype(np.int32)
       yield {'image': image, 'mask': mask,

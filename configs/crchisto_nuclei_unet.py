@@ -1,0 +1,50 @@
+r"""Nucleus segmentation from point annotations (discs) on CRCHistoPhenotypes: the seed's
+BreCaHAD workflow (U-Net, BCE-with-logits, Adam, batch 8, checkpoint every epoch, best model).
+
+Command:  python launch.py --config=configs/crchisto_nuclei_unet.py --workdir=workdirs/nuclei
+Types:    python launch.py --config=configs/crchisto_types_unet.py --workdir=workdirs/types
+Smoke:    python launch.py --config=configs/crchisto_nuclei_unet.py:smoke --workdir=/tmp/n
+
+Masks: a disc of radius 5 px around every annotated nucleus centre (29,830 unique nuclei in
+100 images of 500x500); split by image 70/10/20. Reports pooled pixel Dice and detection
+precision/recall/F1 (blob centroids matched to annotated centres within 6 px).
+Expected: seed Dice 0.5645 (BreCaHAD); no full run here yet (see BENCHMARKS.md).
+Time: 40 epochs x 70 steps; minutes on one GPU, hours on 2 CPU cores.
+"""
+from configs import common
+from histojax.data import augment
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, smoke=False, types=False, merge=False)
+  c = common.base_config()
+  c.task = 'segmentation'
+  c.dataset = 'crchisto_points'
+  c.data.radius = 5.0
+  c.data.types = bool(arg.types)
+  # Optional class merge for the type map (rare 'others' folded into fibroblast/stroma).
+  c.data.merge = dict(others='fibroblast') if arg.merge else None
+  c.data.fractions = dict(train=0.7, val=0.1, test=0.2)
+  c.data.crop_size = 256
+  c.data.augment = augment.default_params()
+  c.data.repeats_per_epoch = 8
+  c.data.workers = 4
+  c.model = dict(name='unet', features=(32, 64, 128, 256, 512), dropout=0.0)
+  c.loss = 'ce+dice' if arg.types else 'bce'
+  c.batch_size = 8
+  c.total_epochs, c.total_steps = 40, None
+  c.optimizer = dict(name='adam', lr=1e-3, weight_decay=0.0)
+  c.schedule.name = 'cosine'
+  c.eval_every_epochs = c.ckpt_every_epochs = 1.0
+  c.best_metric, c.best_mode = 'val/dice', 'max'
+  c.detection_radius = 6.0
+  c.inference = dict(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8)
+  if arg.smoke:
+    common.smoke(c)
+    c.batch_size, c.eval_batch_size = 4, 4
+    c.total_steps, c.eval_every_steps, c.ckpt_every_steps = 6, 6, 6
+    c.data.max_eval_examples = 2
+    c.data.crop_size = 64
+    c.model.features = (4, 8, 16)
+    c.inference = dict(window=(128, 128), overlap=0.25, blend='gaussian', window_batch=8)
+  return c

@@ -1,0 +1,19 @@
+r"""Nucleus-type segmentation (background + epithelial, inflammatory, fibroblast, others) from
+point annotations on CRCHistoPhenotypes: a per-class disc map, CE + soft Dice.
+
+Command:  python launch.py --config=configs/crchisto_types_unet.py --workdir=workdirs/types
+Merged:   python launch.py --config=configs/crchisto_types_unet.py:merge ...  (others→fibroblast)
+Smoke:    python launch.py --config=configs/crchisto_types_unet.py:smoke --workdir=/tmp/t
+
+Reports pixel accuracy, per-class Dice/IoU, mIoU, the pixel confusion matrix and per-class
+detection F1 (type of each predicted blob = majority label inside it). Split by image.
+Expected: no published number for this protocol; see BENCHMARKS.md for what was measured.
+"""
+from configs import crchisto_nuclei_unet
+
+
+def get_config(arg=None):
+  arg = ','.join(filter(None, ['types', arg]))
+  c = crchisto_nuclei_unet.get_config(arg)
+  c.best_metric = 'val/mean_iou'
+  return c

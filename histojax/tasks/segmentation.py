@@ -1,0 +1,222 @@
+"""Semantic segmentation (glands, nuclei, nucleus types): losses, whole-image evaluation by
+sliding window, GlaS object metrics, nucleus detection F1, report panels.
+
+Training sees random crops (data layer augmentation); evaluation always runs on whole images
+with `histojax.inference.sliding_window`, one image at a time, so every pixel of every image
+is scored exactly once whatever the image sizes.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from histojax import inference, sharding
+from histojax.data import augment
+from histojax.metrics import objects
+from histojax.metrics import segmentation as seg_metrics
+
+
+class SegmentationTask:
+  curve_metrics = ('loss', 'dice')
+
+  def __init__(self, config, info):
+    self.num_classes = info['num_classes']  # including background
+    self.class_names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
+    self.binary = self.num_classes == 2     # one logit per pixel, sigmoid
+    self.out_channels = 1 if self.binary else self.num_classes
+    self.mean = jnp.asarray(config.data.get('mean', (0.5, 0.5, 0.5)), jnp.float32)
+    self.std = jnp.asarray(config.data.get('std', (0.25, 0.25, 0.25)), jnp.float32)
+    self.loss_name = config.get('loss', 'bce+dice' if self.binary else 'ce+dice')
+    weights = config.get('class_weights')
+    self.class_weights = None if weights is None else jnp.asarray(weights, jnp.float32)
+    params = dict(config.data.get('augment') or {})
+    params['crop_size'] = config.data.crop_size
+    self.train_transform = functools.partial(_crop_example, params=params, seed=config.seed,
+                                             binary=self.binary)
+    self.window = tuple(config.inference.window)
+    self.overlap = config.inference.overlap
+    self.blend = config.inference.blend
+    self.window_batch = config.inference.window_batch
+    self.ignore_empty = config.get('ignore_empty', True)
+    self.object_metrics = bool(info.get('instance_masks'))
+    self.detection = bool(info.get('points'))
+    self.detection_radius = config.get('detection_radius', 6.0)
+    self.panels = config.get('report_panels', 4)
+    self._predict_cache = {}
+
+  # ------------------------------------------------------------------------ training
+  def inputs(self, batch, rng, train):
+    del rng, train
+    return (batch['image'].astype(jnp.float32) / 255.0 - self.mean) / self.std
+
+  def loss(self, logits, batch):
+    """Per-example loss [B]: BCE / CE, soft Dice, or their sum (config.loss)."""
+    mask = batch['mask']
+    terms = []
+    if self.binary:
+      target = (mask > 0).astype(jnp.float32)
+      logit = logits[..., 0]
+      prob = jax.nn.sigmoid(logit)
+      if 'bce' in self.loss_name:
+        pixel = optax.sigmoid_binary_cross_entropy(logit, target)
+        if self.class_weights is not None:
+          pixel = pixel * jnp.where(target > 0, self.class_weights[1], self.class_weights[0])
+        terms.append(pixel.mean(axis=(1, 2)))
+      probs, onehot = prob[..., None], target[..., None]
+    else:
+      onehot = jax.nn.one_hot(mask, self.num_classes)
+      probs = jax.nn.softmax(logits)
+      if 'ce' in self.loss_name:
+        pixel = optax.softmax_cross_entropy(logits, onehot)
+        if self.class_weights is not None:
+          pixel = pixel * self.class_weights[mask]
+        terms.append(pixel.mean(axis=(1, 2)))
+      probs, onehot = probs[..., 1:], onehot[..., 1:]  # Dice over foreground classes
+    if 'dice' in self.loss_name:
+      inter = jnp.sum(probs * onehot, axis=(1, 2))
+      denom = jnp.sum(probs, axis=(1, 2)) + jnp.sum(onehot, axis=(1, 2))
+      terms.append(1.0 - jnp.mean((2 * inter + 1.0) / (denom + 1.0), axis=-1))
+    if not terms:
+      raise ValueError(f'Unknown loss {self.loss_name!r} (config key: loss).')
+    return sum(terms)
+
+  def _labels(self, logits):
+    return (logits[..., 0] > 0).astype(jnp.int32) if self.binary else jnp.argmax(logits, -1)
+
+  def train_metrics(self, logits, batch, loss):
+    pred, true = self._labels(logits), batch['mask']
+    fg_pred, fg_true = pred > 0, true > 0
+    inter = jnp.sum(fg_pred & fg_true)
+    return {'loss': jnp.mean(loss), 'pixel_accuracy': jnp.mean(pred == true),
+            'dice': 2 * inter / jnp.maximum(jnp.sum(fg_pred) + jnp.sum(fg_true), 1)}
+
+  # ---------------------------------------------------------------------- evaluation
+  def _predictor(self, model, mesh):
+    """Jitted window-batch → per-class probabilities [N, h, w, C]; compiled once per run."""
+    key = (id(model), id(mesh))
+    if key not in self._predict_cache:
+      def predict(state, windows):
+        x = self.inputs({'image': windows}, None, False)
+        logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                             train=False)
+        if self.binary:
+          p = jax.nn.sigmoid(logits)
+          return jnp.concatenate([1 - p, p], axis=-1)
+        return jax.nn.softmax(logits)
+      self._predict_cache[key] = jax.jit(predict)
+    return self._predict_cache[key]
+
+  def predict_image(self, model, state, mesh, image):
+    """Whole image → (probabilities [H, W, C], label map [H, W])."""
+    predict = self._predictor(model, mesh)
+    probs = inference.sliding_window(
+        lambda w: predict(state, sharding.to_global(mesh, {'w': w})['w']), np.asarray(image),
+        window=self.window, overlap=self.overlap, window_batch=self.window_batch,
+        blend=self.blend)
+    return probs, np.argmax(probs, -1).astype(np.int32)
+
+  def evaluate(self, model, state, source, *, mesh, process_index=0, process_count=1):
+    """Scores every image of `source` once. With several hosts every host scores all images
+    (replicated params, local windows), so results agree without a gather."""
+    if process_count > 1:
+      raise NotImplementedError('Segmentation evaluation runs on one host; evaluate a '
+                                'multi-host checkpoint with --mode=eval on one host.')
+    pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
+                                             ignore_empty=self.ignore_empty)
+    glas = objects.GlaSMetrics() if self.object_metrics else None
+    detection = objects.DetectionMetrics() if self.detection else None
+    panels = []
+    for i in range(len(source)):
+      example = source[i]
+      _, pred = self.predict_image(model, state, mesh, example['image'])
+      gt = np.asarray(example['mask'])
+      true = (gt > 0).astype(np.int32) if self.binary else gt
+      pixels.update(seg_metrics.pixel_stats(pred[None], true[None], None, self.num_classes))
+      if glas is not None:
+        glas.update(objects.label_objects(pred > 0), gt)
+      if detection is not None:
+        points = np.asarray(example['points'])[:, ::-1]  # (x, y) → (row, col)
+        labels = np.asarray(example['point_labels']) + 1
+        if self.binary:
+          detection.update(objects.detection_f1(objects.blob_centroids(pred > 0), points,
+                                                self.detection_radius))
+        else:
+          keep = labels > 0
+          detection.update(objects.typed_detection(pred, points[keep], labels[keep],
+                                                   self.num_classes, self.detection_radius))
+      if len(panels) < self.panels:
+        panels.append((np.asarray(example['image']), true, pred))
+    details = {'pixels': pixels, 'glas': glas, 'detection': detection, 'panels': panels}
+    return self._scalars(details), details
+
+  def _scalars(self, details):
+    pixels = details['pixels']
+    computed = pixels.compute()
+    out = pixels.scalars(computed)
+    out['dice'] = out['mean_dice']  # the headline: pooled foreground Dice (val/dice)
+    out['count'] = computed['n_images']
+    if details['glas'] is not None:
+      g = details['glas'].compute()
+      out.update({f'object_{k}': g[k] for k in ('f1', 'precision', 'recall')})
+      out['object_dice'], out['object_hausdorff'] = g['object_dice'], g['object_hausdorff']
+    if details['detection'] is not None:
+      d = details['detection'].compute()
+      out.update({f'detection_{k}': d[k] for k in ('precision', 'recall', 'f1')})
+      for c, f1 in enumerate(d.get('class_f1', [])):
+        out[f'detection_f1_{self.class_names[c + 1]}'] = float(f1)
+    return {k: float(v) for k, v in out.items()}
+
+  def pool_tests(self, results):
+    """Pixel metrics pooled over several test parts (GlaS testA + testB)."""
+    pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
+                                             ignore_empty=self.ignore_empty)
+    for _, details in results:
+      src = details['pixels']
+      pixels._tp += src._tp  # pylint: disable=protected-access
+      pixels._fp += src._fp  # pylint: disable=protected-access
+      pixels._fn += src._fn  # pylint: disable=protected-access
+      pixels._confusion += src._confusion  # pylint: disable=protected-access
+    details = {'pixels': pixels, 'glas': None, 'detection': None, 'panels': []}
+    return self._scalars(details), details
+
+  # -------------------------------------------------------------------------- report
+  def report_sections(self, workdir, results, info):
+    from histojax import report  # pylint: disable=g-import-not-at-top
+    lines = ['## Metric definitions', '',
+             '- `dice`, `iou` (pooled): TP/FP/FN summed over all pixels of all images of the '
+             'part, then 2TP/(2TP+FP+FN) per class, averaged over foreground classes.',
+             '- `*_image`: per image, then averaged over images; images whose ground truth '
+             f'lacks a class are {"skipped" if self.ignore_empty else "scored 1 if the prediction is empty too, else 0"} '
+             'for that class (MONAI ignore_empty).',
+             '- Whole images are predicted by sliding window '
+             f'({self.window[0]}x{self.window[1]}, overlap {self.overlap}, {self.blend} blending).']
+    if self.object_metrics:
+      lines += ['- `object_f1`, `object_dice`, `object_hausdorff`: GlaS challenge object-level '
+                'metrics (area-weighted, pooled over the part). Predicted objects are connected '
+                'components; ground-truth objects too (our GlaS masks are binary), so touching '
+                'glands merge: not directly comparable with published instance-level numbers.']
+    if self.detection:
+      lines += [f'- `detection_*`: predicted blob centroids matched one-to-one to annotated '
+                f'nucleus centres within {self.detection_radius} px.']
+    lines.append('')
+    for part, (_, details) in results.items():
+      if part == 'val' or not details['panels']:
+        continue
+      png = report.plot_segmentation_panels(workdir, details['panels'], f'panels_{part}.png')
+      cm = details['pixels'].compute()['confusion']
+      cm_png = report.plot_confusion(workdir, cm, self.class_names, f'confusion_{part}.png')
+      lines += [f'## {part}', '', f'![panels]({png.relative_to(workdir)})', '',
+                f'![confusion]({cm_png.relative_to(workdir)})', '',
+                'Pixel confusion matrix (rows: true, columns: predicted):', '', '```',
+                np.array2string(cm, max_line_width=200), '```', '']
+    return lines
+
+
+def _crop_example(example, *, epoch, index, params, seed, binary):
+  image, mask = augment.augment(np.asarray(example['image']), np.asarray(example['mask']),
+                                params, seed=seed, epoch=epoch, index=index)
+  mask = (mask > 0) if binary else mask
+  return {'image': image, 'mask': mask.astype(np.int32)}
+

@@ -1,0 +1,57 @@
+"""One end-to-end `:smoke` run per config (real data, tiny subsets), and config hygiene."""
+import importlib
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, require_data
+
+CONFIGS = sorted(p.stem for p in (ROOT / 'configs').glob('*.py') if p.stem != 'common')
+DATA = {'mnist_cnn': 'mnist', 'warwick_unet': 'glas', 'crchisto_nuclei_unet': 'crchistophenotypes',
+        'crchisto_types_unet': 'crchistophenotypes', 'patches_cnn': 'glas',
+        'nuclei_cnn': 'crchistophenotypes', 'nuclei_resnet18': 'crchistophenotypes'}
+
+
+def _config(name, arg='smoke'):
+  return importlib.import_module(f'configs.{name}').get_config(arg)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_docstring_states_command_result_and_time(name):
+  doc = importlib.import_module(f'configs.{name}').__doc__
+  assert f'configs/{name}.py' in doc and 'Expected' in doc and 'Smoke' in doc
+
+
+def write_brecahad_fixture(root, n_images=4):
+  """A tiny dataset in the BreCaHAD release layout: images/*.tif + groundTruth/*.json."""
+  rng = np.random.default_rng(0)
+  (root / 'images').mkdir(parents=True)
+  (root / 'groundTruth').mkdir()
+  for i in range(n_images):
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(image).save(root / 'images' / f'Case_{i // 2 + 1}-0{i % 2}.tif')
+    points = {c: [{'x': float(x), 'y': float(y)} for x, y in rng.uniform(0.05, 0.95, (5, 2))]
+              for c in ('mitosis', 'apoptosis', 'tumor', 'non_tumor', 'tubule', 'non_tubule')}
+    (root / 'groundTruth' / f'Case_{i // 2 + 1}-0{i % 2}.json').write_text(json.dumps(points))
+
+
+@pytest.mark.parametrize('name', [c for c in CONFIGS if c != 'mnist_cnn'])  # MNIST: test_train
+def test_smoke_run(name, tmp_path):
+  from histojax import train
+  config = _config(name)
+  if name == 'brecahad_unet':
+    write_brecahad_fixture(tmp_path / 'brecahad', n_images=6)
+    config.data.root = str(tmp_path / 'brecahad')
+    config.data.fractions = dict(train=0.34, val=0.33, test=0.33)
+    config.inference.window = (64, 64)
+  else:
+    require_data(DATA[name])
+  results = train.train_and_evaluate(config, tmp_path / 'w')
+  assert (tmp_path / 'w' / 'report.md').exists()
+  for part, scalars in results.items():
+    assert scalars['count'] > 0, part
+  key = 'accuracy' if 'accuracy' in results['val'] else 'pixel_accuracy'
+  assert all(np.isfinite(scalars[key]) for scalars in results.values())
