@@ -69,5 +69,6 @@ def smoke(c):
   c.ckpt_every_steps, c.ckpt_every_epochs = 10, None
   c.data.max_train_examples = 512
   c.data.max_eval_examples = 200
+  c.data.max_source_images = 24   # derived H&E datasets: built from a spread of 24 images
   c.data.workers = 0
   return c

@@ -4,9 +4,11 @@ Kept: the latest checkpoint and the best one by the validation metric (a preserv
 not `best_fn` + `max_to_keep`, which can delete the latest). Saves go through orbax's
 temporary-path commit, so a killed run never leaves a half-written checkpoint behind.
 """
+import json
 import pathlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -58,3 +60,53 @@ class Checkpoints:
 def abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                       tree)
+
+
+def load_variables(path):
+  """{'params', 'batch_stats'} as numpy from a histojax workdir (its best checkpoint, else the
+  latest), a checkpoints/<step> folder, or a torchvision-layout ResNet18 `.npz`."""
+  path = pathlib.Path(path)
+  if path.suffix == '.npz':
+    from histojax.models import torch_import  # pylint: disable=g-import-not-at-top
+    return torch_import.convert_resnet18(path, skip_head=True)
+  if (path / 'checkpoints').is_dir():
+    path = path / 'checkpoints'
+  if path.name == 'checkpoints' or not (path / 'state').is_dir():
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+    if not steps:
+      raise FileNotFoundError(f'init_from: no checkpoint under {path}.')
+    step = steps[-1]
+    best = _best_step(path / str(step))  # the latest checkpoint's loop state names the best
+    path = path / str(best if best in steps else step)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path / 'state').item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    state = ckptr.restore(path / 'state', target)
+  return {'params': jax.tree.map(np.asarray, state['params']),
+          'batch_stats': jax.tree.map(np.asarray, state.get('batch_stats', {}))}
+
+
+def _best_step(step_dir):
+  loop = step_dir / 'loop' / 'metadata'
+  if loop.exists():
+    return (json.loads(loop.read_text()).get('loop') or {}).get('best_step')
+  return None
+
+
+def merge_matching(target, source, prefix=''):
+  """Copies leaves of `source` into `target` where path and shape match; returns the new tree
+  and the lists of loaded and skipped paths (skipped: missing or differently shaped)."""
+  loaded, skipped = [], []
+
+  def walk(t, s, path):
+    if isinstance(t, dict):
+      return {k: walk(v, s.get(k) if isinstance(s, dict) else None, f'{path}/{k}')
+              for k, v in t.items()}
+    if s is not None and tuple(np.shape(s)) == tuple(t.shape):
+      loaded.append(path)
+      return jax.numpy.asarray(s, t.dtype)
+    skipped.append(path)
+    return t
+
+  return walk(target, source, prefix), loaded, skipped

@@ -1,6 +1,8 @@
 """Durations (steps or epochs → steps, in one place) and the optimizer with its schedule."""
 import math
 
+import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -47,4 +49,19 @@ def optimizer(config, steps_per_epoch, total_steps):
     tx = optax.sgd(lr, momentum=o.get('momentum', 0.9), nesterov=True)
   else:
     raise ValueError(f'Unknown optimizer {o.name!r} (config key: optimizer.name).')
+  freeze = config.get('freeze')
+  if freeze and freeze.get('steps'):
+    tx = head_first(tx, freeze.head, freeze.steps)
   return tx, lr
+
+
+def head_first(tx, head_names, steps):
+  """Transfer learning: only top-level modules in `head_names` move for the first `steps`
+  steps, then everything (optax.multi_transform; the frozen part's updates are zeroed, its
+  optimizer moments still accumulate, its BatchNorm statistics still update)."""
+  gate = optax.scale_by_schedule(lambda step: jnp.where(step < steps, 0.0, 1.0))
+  labels = lambda params: {
+      k: jax.tree.map(lambda _, k=k: 'head' if k in head_names else 'body', v)
+      for k, v in params.items()}
+  return optax.multi_transform({'head': tx, 'body': optax.chain(tx, gate)}, labels)
+

@@ -38,7 +38,25 @@ def make_init(model, task, tx, sample_batch):
   return init
 
 
-def make_train_step(model, task, tx, base_rng):
+def make_l2_penalty(config):
+  """Keras-style kernel_regularizer / bias_regularizer: an explicit loss term
+  l2_kernel * sum(kernel**2) + l2_bias * sum(bias**2) (not decoupled weight decay)."""
+  l2_kernel, l2_bias = config.get('l2_kernel', 0.0) or 0.0, config.get('l2_bias', 0.0) or 0.0
+
+  def penalty(params):
+    if not (l2_kernel or l2_bias):
+      return 0.0
+    total = 0.0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+      name = getattr(path[-1], 'key', '')
+      weight = l2_kernel if name == 'kernel' else l2_bias if name == 'bias' else 0.0
+      if weight:
+        total = total + weight * jnp.sum(jnp.square(leaf))
+    return total
+  return penalty
+
+
+def make_train_step(model, task, tx, base_rng, l2_penalty=lambda params: 0.0):
   """One SGD step. The step RNG is fold_in(base_rng, step): nothing random is carried."""
   def train_step(state, batch):
     rng = jax.random.fold_in(base_rng, state.step)
@@ -50,7 +68,7 @@ def make_train_step(model, task, tx, base_rng):
           {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
           rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
       loss = task.loss(logits, batch)
-      return jnp.mean(loss), (logits, loss, updates.get('batch_stats', {}))
+      return jnp.mean(loss) + l2_penalty(params), (logits, loss, updates.get('batch_stats', {}))
 
     grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -122,7 +140,8 @@ def train_and_evaluate(config, workdir, mode='train'):
                per_epoch)
 
   # --------------------------------------------------------------- jitted steps
-  train_step = jax.jit(make_train_step(model, task, tx, train_rng), donate_argnums=(0,))
+  train_step = jax.jit(make_train_step(model, task, tx, train_rng, make_l2_penalty(config)),
+                       donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, task))
 
   def evaluate(state, source):
@@ -140,11 +159,20 @@ def train_and_evaluate(config, workdir, mode='train'):
                                  best_mode=config.best_mode)
   loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False}
   start = ckpts.latest_step()
-  if start is not None:
+  if start is not None:  # own workdir first: a resumed run never re-initialises
     state, saved = ckpts.restore(start, checkpoint.abstract(state))
     train_iter.set_state(saved['data_iterator'])
     loop.update(saved['loop'])
     logging.info('Resumed from %s at step %d.', ckpts.manager.directory, start)
+  elif config.get('init_from') and mode == 'train':
+    source = checkpoint.load_variables(config.init_from)
+    params, loaded, skipped = checkpoint.merge_matching(state.params, source['params'])
+    stats, _, _ = checkpoint.merge_matching(state.batch_stats, source.get('batch_stats', {}))
+    state = jax.device_put(state.replace(params=params, batch_stats=stats,
+                                         opt_state=tx.init(params)),
+                           sharding.replicated(mesh))
+    logging.info('init_from %s: loaded %d parameter arrays, kept %d freshly initialised: %s',
+                 config.init_from, len(loaded), len(skipped), ', '.join(skipped) or '-')
 
   def save(state, metrics=None):
     step = int(state.step)

@@ -35,12 +35,27 @@ class Indexed:
     return self.source[int(self.indices[i])]
 
 
+def _subsample(records, config):
+  """Every k-th source image, when config.data.max_source_images is set (smoke runs): a tiny
+  derived dataset that still spans patients and classes."""
+  n = config.data.get('max_source_images')
+  if not n or len(records) <= n:
+    return records
+  step = -(-len(records) // n)
+  kept = type(records)(records[::step])
+  for attr in ('skipped', 'notes'):
+    if hasattr(records, attr):
+      setattr(kept, attr, getattr(records, attr))
+  return kept
+
+
 def _fractions(config):
   return dict(config.data.get('fractions') or {'train': 0.7, 'val': 0.1, 'test': 0.2})
 
 
 def _fingerprint(config, files, *keys):
   return {'files': store.fingerprint_files(files), 'dataset': config.dataset,
+          'max_source_images': config.data.get('max_source_images'),
           **{k: config.data.get(k) for k in keys}}
 
 
@@ -61,7 +76,7 @@ def _split_by_group(stored, groups, labels, config, notes):
 
 def _glas(config):
   from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
-  records = glas.records(skip_bad=config.data.get('skip_bad', False))
+  records = _subsample(glas.records(skip_bad=config.data.get('skip_bad', False)), config)
   by_split = {s: [r for r in records if r.split == s] for s in ('train', 'testA', 'testB')}
 
   def generate(split):
@@ -100,6 +115,7 @@ def _point_images(config):
 
 def _points_seg(config):
   records, load_image, nuclei, classes, notes = _point_images(config)
+  records = _subsample(records, config)
   radius, types = config.data.get('radius', 5.0), config.data.get('types', False)
   merge = config.data.get('merge')
   merge = dict(merge) if merge else None
@@ -174,7 +190,7 @@ def _folder_seg(config):
 
 def _crchisto_patches(config):
   from histojax.data.sources import crchisto  # pylint: disable=g-import-not-at-top
-  records = crchisto.records(skip_bad=config.data.get('skip_bad', False))
+  records = _subsample(crchisto.records(skip_bad=config.data.get('skip_bad', False)), config)
   size = config.data.get('patch_size', 100)
   def generate(split):
     del split
@@ -205,7 +221,7 @@ def _tiles(config):
   min_tissue = config.data.get('min_tissue', 0.5)
   if config.dataset == 'glas_tiles':
     from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
-    records = glas.records(skip_bad=config.data.get('skip_bad', False))
+    records = _subsample(glas.records(skip_bad=config.data.get('skip_bad', False)), config)
     class_names = ['benign', 'malignant']
     images = [(r.name, r.patient, r.label, r.image_path, lambda r=r: glas.load_image(r))
               for r in records]

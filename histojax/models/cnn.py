@@ -14,6 +14,7 @@ class CNN(nn.Module):
   dense: int = 256
   dropout: float = 0.25
   batch_norm: bool = True
+  pooling: str = 'flatten'             # 'flatten' (the seed's) | 'gap' (global average)
   dtype: jnp.dtype = jnp.float32       # compute dtype; params and BN statistics stay float32
 
   @nn.compact
@@ -27,8 +28,8 @@ class CNN(nn.Module):
       x = nn.relu(x)
       if i in self.pool_after:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape(x.shape[0], -1)
+    x = x.mean(axis=(1, 2)) if self.pooling == 'gap' else x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense, kernel_init=he_init, dtype=self.dtype)(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
     return x.astype(jnp.float32)

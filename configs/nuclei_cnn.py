@@ -1,0 +1,45 @@
+r"""Nucleus classification (epithelial, inflammatory, fibroblast, others) from 100x100
+nucleus-centred crops of CRCHistoPhenotypes with a small CNN (seed: custom CNN 0.921 accuracy
+on its Kaggle data; different data and protocol).
+
+Command:  python launch.py --config=configs/nuclei_cnn.py --workdir=workdirs/nuclei_cnn
+Smoke:    python launch.py --config=configs/nuclei_cnn.py:smoke --workdir=/tmp/nc
+
+22,444 typed nuclei; split by source image 70/10/20 (no image in two splits), stratified by
+class. Explicit L2 on kernels and biases (the seed's kernel_/bias_regularizer) as a loss term.
+Report: accuracy, balanced accuracy, macro/weighted F1, per-class P/R/F1, confusion matrix,
+predicted vs true class distribution, majority baseline with a bias check.
+Expected: weighted F1 below the ResNet18's (see nuclei_resnet18.py); see BENCHMARKS.md.
+Time: 30 epochs, minutes on one GPU, about an hour per epoch... on 2 CPU cores use :smoke or a
+short schedule.
+"""
+from configs import common
+from histojax.data import augment
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, smoke=False, bf16=False)
+  c = common.base_config()
+  c.task, c.dataset = 'classification', 'crchisto_patches'
+  c.data.patch_size = 100
+  c.data.fractions = dict(train=0.7, val=0.1, test=0.2)
+  c.data.augment = dict(augment.FLIPS_ONLY, rotate_deg=15.0, p_rotate_deg=0.5, hed_sigma=0.05,
+                        hed_bias=0.02, p_hed=0.5, brightness=0.1, contrast=0.1)
+  c.data.workers = 4
+  c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  c.model = dict(name='cnn', features=(32, 32, 64, 64, 128, 128), pool_after=(1, 3, 5),
+                 dense=256, dropout=0.5, batch_norm=True, pooling='gap')
+  c.l2_kernel, c.l2_bias = 1e-5, 1e-6
+  c.dtype = 'bfloat16' if arg.bf16 else 'float32'
+  c.batch_size, c.eval_batch_size = 128, 512
+  c.total_epochs = 30
+  c.optimizer = dict(name='adam', lr=1e-3, weight_decay=0.0)
+  c.schedule.name = 'cosine'
+  c.best_metric, c.best_mode = 'val/weighted_f1', 'max'
+  c.early_stopping_patience = 8
+  if arg.smoke:
+    common.smoke(c)
+    c.model.features = (8, 8, 16)
+    c.model.pool_after = (0, 2)
+    c.model.dense = 16
+  return c

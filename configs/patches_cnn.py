@@ -1,0 +1,36 @@
+r"""Whole images of two classes → 100x100 tiles → binary patch classifier with a bias check
+(seed: 8 whole H&E images, 90:10 split; model 1 = A vs B, model 2 = C vs D).
+
+Command:  python launch.py --config=configs/patches_cnn.py --workdir=workdirs/patches
+          (default: GlaS benign vs malignant images from Grade.csv, split by patient)
+Seed's layout (folders A, B, C, D under DIR, one image per file):
+          python launch.py --config=configs/patches_cnn.py:root=DIR,classes=A+B --workdir=W1
+          python launch.py --config=configs/patches_cnn.py:root=DIR,classes=C+D --workdir=W2
+Smoke:    python launch.py --config=configs/patches_cnn.py:smoke --workdir=/tmp/p
+
+Tiles with < 50% tissue (Otsu on saturation) are dropped; tiles of one image (GlaS: one
+patient) never straddle train/val/test. The report compares accuracy with the majority-class
+baseline and says in words when the model has not beaten it.
+Expected: see BENCHMARKS.md (short CPU schedule measured; no full GPU run yet).
+"""
+from configs import common, nuclei_cnn
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, smoke=False, root='', classes='', leaky=False)
+  c = nuclei_cnn.get_config('smoke' if arg.smoke else None)
+  if arg.root:
+    c.dataset = 'folder_tiles'
+    c.data.root = arg.root
+    c.data.classes = tuple(arg.classes.split('+')) if arg.classes else None
+    c.data.fractions = dict(train=0.8, val=0.1, test=0.1)
+  else:
+    c.dataset = 'glas_tiles'
+    c.data.fractions = dict(train=0.6, val=0.2, test=0.2)  # 16 patients: whole patients
+  c.data.tile_size, c.data.tile_stride, c.data.min_tissue = 100, 100, 0.5
+  c.data.allow_leakage = bool(arg.leaky)  # tile-level random split: warns, for comparison
+  c.best_metric = 'val/balanced_accuracy'
+  c.total_epochs = 20
+  if arg.smoke:
+    c.total_steps, c.total_epochs = 20, None
+  return c
