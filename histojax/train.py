@@ -132,6 +132,10 @@ def train_and_evaluate(config, workdir, mode='train'):
   if task.train_transform is not None:
     sample = task.train_transform(sample, epoch=0, index=0)
   sample = {k: np.asarray(v)[None] for k, v in sample.items()}
+  if is_main:  # what --mode=predict needs to rebuild the task without the data
+    info = {k: v for k, v in splits.info.items() if k != 'notes'}
+    info['input_shape'] = list(sample['image'].shape[1:])
+    (workdir / 'dataset_info.json').write_text(json.dumps(info, indent=2))
   state = jax.jit(make_init(model, task, tx, sample),
                   out_shardings=sharding.replicated(mesh))(init_rng)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -1,0 +1,125 @@
+"""`--mode=predict`: a trained workdir applied to new images.
+
+  python launch.py --mode=predict --workdir=W --input=IMAGE|FOLDER|CSV --output=DIR
+
+Segmentation: DIR/<stem>_mask.png (label values; binary masks as 0/255) and
+DIR/<stem>_overlay.png for every image, any size (sliding window).
+Classification: DIR/predictions.csv with `filename,label` and one probability column per class
+(the seed's Kaggle submission format). A CSV input lists images in its first column (header
+`filename` or none), relative to the CSV's folder.
+Unreadable inputs are reported and skipped; files already written are never removed.
+"""
+import csv
+import json
+import logging
+import pathlib
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from histojax import checkpoint, models, sharding, tasks
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
+
+
+@flax.struct.dataclass
+class Variables:
+  params: dict
+  batch_stats: dict
+
+
+def list_inputs(input_path):
+  path = pathlib.Path(input_path)
+  if path.is_dir():
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  elif path.suffix.lower() == '.csv':
+    with open(path, newline='', encoding='utf-8') as f:
+      rows = [r for r in csv.reader(f) if r]
+    if rows and rows[0][0].strip().lower() in ('filename', 'file', 'image', 'path', 'id'):
+      rows = rows[1:]
+    files = [path.parent / r[0].strip() for r in rows]
+  elif path.is_file():
+    files = [path]
+  else:
+    raise FileNotFoundError(f'--input {path}: no such image, folder or CSV.')
+  if not files:
+    raise FileNotFoundError(f'--input {path}: no images found ({", ".join(IMAGE_SUFFIXES)}).')
+  return files
+
+
+def _read(path, channels, size=None):
+  with Image.open(path) as image:
+    image.load()
+    image = image.convert('L' if channels == 1 else 'RGB')
+    if size is not None and image.size != (size[1], size[0]):
+      image = image.resize((size[1], size[0]), Image.BILINEAR)
+    array = np.asarray(image, np.uint8)
+  return array[..., None] if channels == 1 else array
+
+
+def run(workdir, input_path, output_dir):
+  workdir, output_dir = pathlib.Path(workdir), pathlib.Path(output_dir)
+  config_file, info_file = workdir / 'config.json', workdir / 'dataset_info.json'
+  for f in (config_file, info_file):
+    if not f.exists():
+      raise FileNotFoundError(f'{f} not found: --workdir must be a histojax training run.')
+  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  info = json.loads(info_file.read_text())
+  files = list_inputs(input_path)
+  output_dir.mkdir(parents=True, exist_ok=True)
+
+  task = tasks.get_task(config, info)
+  model = models.get_model(config, getattr(task, 'out_channels', info['num_classes']))
+  mesh = sharding.make_mesh(config)
+  saved = checkpoint.load_variables(workdir)
+  variables = jax.device_put(Variables(saved['params'], saved['batch_stats']),
+                             sharding.replicated(mesh))
+  shape = info['input_shape']  # one training example's image shape (H, W, C)
+  skipped = []
+  if config.task == 'segmentation':
+    for i, path in enumerate(files, 1):
+      try:
+        image = _read(path, 3)
+      except (OSError, ValueError) as e:
+        skipped.append(f'{path}: {e}')
+        logging.warning('Skipping unreadable input %s: %s', path, e)
+        continue
+      _, labels = task.predict_image(model, variables, mesh, image)
+      scale = 255 if task.binary else 1
+      Image.fromarray((labels * scale).astype(np.uint8)).save(output_dir / f'{path.stem}_mask.png')
+      overlay = image.copy()
+      overlay[labels > 0] = (0.5 * overlay[labels > 0] + [127, 0, 0]).astype(np.uint8)
+      Image.fromarray(overlay).save(output_dir / f'{path.stem}_overlay.png')
+      logging.info('[%d/%d] %s', i, len(files), path.name)
+  else:
+    @jax.jit
+    def probabilities(variables, images):
+      x = task.inputs({'image': images}, None, train=False)
+      logits = model.apply({'params': variables.params, 'batch_stats': variables.batch_stats},
+                           x, train=False)
+      return jax.nn.softmax(logits)
+
+    names = info.get('class_names') or [str(k) for k in range(info['num_classes'])]
+    out_csv = output_dir / 'predictions.csv'
+    with open(out_csv, 'w', newline='', encoding='utf-8') as f:
+      writer = csv.writer(f)
+      writer.writerow(['filename', 'label', *[f'p_{n}' for n in names]])
+      for i, path in enumerate(files, 1):
+        try:
+          image = _read(path, shape[-1], shape[:2])
+        except (OSError, ValueError) as e:
+          skipped.append(f'{path}: {e}')
+          logging.warning('Skipping unreadable input %s: %s', path, e)
+          continue
+        p = np.asarray(probabilities(variables, jnp.asarray(image[None])))[0]
+        writer.writerow([path.name, names[int(np.argmax(p))], *[f'{v:.6f}' for v in p]])
+        f.flush()  # a crash later keeps every row written so far
+        if i % 100 == 0 or i == len(files):
+          logging.info('[%d/%d] predicted', i, len(files))
+  logging.info('Predicted %d of %d inputs into %s; skipped %d.', len(files) - len(skipped),
+               len(files), output_dir, len(skipped))
+  return skipped
