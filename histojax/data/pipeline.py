@@ -167,3 +167,15 @@ def log_info(splits: Splits):
     logging.info('%s: %d examples', name, len(source))
   for note in splits.info.get('notes', []):
     logging.warning('%s', note)
+
+
+def sample_examples(config, n):
+  """The first n training examples exactly as the train step sees them (augmented, cropped),
+  and the class names: for `python -m histojax.data.show`."""
+  from histojax import tasks  # pylint: disable=g-import-not-at-top
+  splits = get_splits(config)
+  task = tasks.get_task(config, splits.info)
+  make = _TrainExample(splits.train, n_per_epoch=len(splits.train), seed=config.seed,
+                       global_batch=1, local=1, process_index=0,
+                       transform=task.train_transform)
+  return [make(j) for j in range(n)], splits.info.get('class_names')

@@ -96,13 +96,8 @@ def _unpack(examples):
 def main(argv):
   del argv
   from histojax.data import pipeline  # pylint: disable=g-import-not-at-top
-  sample_examples = getattr(pipeline, 'sample_examples', None)
-  if sample_examples is None:
-    raise SystemExit('histojax.data.pipeline.sample_examples(config, n) does not exist yet.')
-  config = _FLAGS.config
-  images, targets = _unpack(sample_examples(config, _FLAGS.n))
-  data = config.get('data') or {}
-  class_names = data.get('class_names') if hasattr(data, 'get') else None
+  examples, class_names = pipeline.sample_examples(_FLAGS.config, _FLAGS.n)
+  images, targets = _unpack(examples)
   print(grid_png(images, targets, _FLAGS.out, ncols=_FLAGS.ncols, class_names=class_names))
 
 
