@@ -37,9 +37,11 @@ def get_config(arg=None):
   c.schedule.name = 'cosine'
   c.best_metric, c.best_mode = 'val/weighted_f1', 'max'
   c.early_stopping_patience = 8
+  c.explain_samples = 4  # occlusion + integrated-gradients overlays in the report
   if arg.smoke:
     common.smoke(c)
     c.model.features = (8, 8, 16)
     c.model.pool_after = (0, 2)
     c.model.dense = 16
+    c.explain_samples = 1
   return c

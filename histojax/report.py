@@ -74,7 +74,7 @@ def plot_segmentation_panels(workdir, panels, name):
   return path
 
 
-def write(workdir, config, task, results, final_step, loop, info):
+def write(workdir, config, task, results, final_step, loop, info, extra=()):
   """results: {'val': (scalars, details), '<test part>': (...), ...}."""
   workdir = pathlib.Path(workdir)
   curves = plot_curves(workdir, task.curve_metrics)
@@ -98,4 +98,5 @@ def write(workdir, config, task, results, final_step, loop, info):
   lines += ['', *[f'> {note}' for note in info.get('notes', [])], '',
             f'![curves]({curves.relative_to(workdir)})', '']
   lines += task.report_sections(workdir, results, info)
+  lines += list(extra)
   (workdir / 'report.md').write_text('\n'.join(lines) + '\n')

@@ -163,6 +163,8 @@ def train_and_evaluate(config, workdir, mode='train'):
                                  best_mode=config.best_mode)
   loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False}
   start = ckpts.latest_step()
+  if mode == 'eval' and start is None:
+    raise FileNotFoundError(f'--mode=eval: no checkpoint in {ckpts.manager.directory}.')
   if start is not None:  # own workdir first: a resumed run never re-initialises
     state, saved = ckpts.restore(start, checkpoint.abstract(state))
     train_iter.set_state(saved['data_iterator'])
@@ -224,9 +226,11 @@ def train_and_evaluate(config, workdir, mode='train'):
         stop = bool(np.any(multihost_utils.process_allgather(np.array(bool(stop_requested)))))
     val = None
     if step % eval_every == 0 or step == total_steps:
-      val, _ = evaluate(state, splits.val)
+      val, val_details = evaluate(state, splits.val)
       val = {f'val/{k}': v for k, v in val.items()}
       writer.write(step, val)
+      if hasattr(task, 'tensorboard_images'):
+        writer.write_images(step, task.tensorboard_images(val_details))
       logging.info('step %d | %s', step, ' '.join(f'{k} {v:.4f}' for k, v in val.items()))
       if config.best_metric not in val:
         raise KeyError(f'config.best_metric={config.best_metric!r} is not a validation metric; '
@@ -274,8 +278,12 @@ def train_and_evaluate(config, workdir, mode='train'):
   if hasattr(task, 'pool_tests') and len(splits.tests) > 1:
     results['test'] = task.pool_tests([results[p] for p in splits.tests])
     writer.write(final_step, {f'test/{k}': v for k, v in results['test'][0].items()})
+  extra = []
+  if is_main and hasattr(task, 'explain'):
+    part = next(iter(splits.tests))
+    extra = task.explain(model, state, splits.tests[part], workdir, part)
   if is_main:
-    report.write(workdir, config, task, results, final_step, loop, splits.info)
+    report.write(workdir, config, task, results, final_step, loop, splits.info, extra)
   logging.info('Params fingerprint (process %d): %.10e', jax.process_index(),
                float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))))
   for part in results:

@@ -1,6 +1,7 @@
 """Image classification: softmax cross-entropy, accuracy, per-class counts."""
 import functools
 import logging
+import pathlib
 
 import flax
 import jax
@@ -49,6 +50,8 @@ class ClassificationTask:
     self.mean = jnp.asarray(config.data.get('mean', (0.5,)), jnp.float32)
     self.std = jnp.asarray(config.data.get('std', (0.5,)), jnp.float32)
     self.device_augment = config.data.get('device_augment')
+    self.explain_samples = config.get('explain_samples', 0)
+    self.seed = config.seed
     host = config.data.get('augment')
     # Host-side joint augmentation (H&E patches), drawn from (seed, epoch, index).
     self.train_transform = (functools.partial(_augment_example, params=dict(host),
@@ -98,6 +101,35 @@ class ClassificationTask:
                 f'![confusion]({png.relative_to(workdir)})', '',
                 'Confusion matrix (rows: true, columns: predicted):', '', '```',
                 np.array2string(np.asarray(confusion), max_line_width=200), '```', '']
+    return lines
+
+
+  def explain(self, model, state, source, workdir, part):
+    """Occlusion and integrated-gradients overlays for `explain_samples` random (seeded)
+    examples of a test part: plots/explain_<part>_<i>_{occlusion,ig}.png."""
+    from histojax import explain  # pylint: disable=g-import-not-at-top
+    if not self.explain_samples:
+      return []
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    apply_fn = lambda x: model.apply(variables, x, train=False)
+    picks = np.random.default_rng(self.seed).choice(len(source), min(self.explain_samples,
+                                                                     len(source)), replace=False)
+    lines = [f'## Attribution ({part}: occlusion and integrated gradients)', '']
+    for n, i in enumerate(sorted(picks)):
+      example = source[int(i)]
+      image = np.asarray(example['image'])
+      x = np.asarray(self.inputs({'image': jnp.asarray(image[None])}, None, False))[0]
+      pred = int(np.argmax(apply_fn(x[None])[0]))
+      true = int(example['label'])
+      title = f'predicted {self.class_names[pred]} / true {self.class_names[true]}'
+      window = max(2, image.shape[0] // 6)
+      heat = explain.occlusion(apply_fn, x, pred, window=window, stride=max(1, window // 2))
+      ig = explain.integrated_gradients(apply_fn, x, pred, steps=16)
+      rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
+      for name, attribution in (('occlusion', heat), ('ig', ig)):
+        png = pathlib.Path(workdir) / 'plots' / f'explain_{part}_{n}_{name}.png'
+        explain.overlay_png(rgb, attribution, png, f'{name}: {title}')
+        lines += [f'![{name}]({png.relative_to(workdir)})', '']
     return lines
 
 

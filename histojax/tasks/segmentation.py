@@ -120,9 +120,12 @@ class SegmentationTask:
   def evaluate(self, model, state, source, *, mesh, process_index=0, process_count=1):
     """Scores every image of `source` once. With several hosts every host scores all images
     (replicated params, local windows), so results agree without a gather."""
-    if process_count > 1:
-      raise NotImplementedError('Segmentation evaluation runs on one host; evaluate a '
-                                'multi-host checkpoint with --mode=eval on one host.')
+    del process_index
+    if process_count > 1:  # each host scores every image on its own devices
+      mesh = jax.make_mesh((jax.local_device_count(),), ('data',), devices=jax.local_devices(),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+      state = jax.device_put(jax.tree.map(lambda x: x.addressable_data(0), state),
+                             sharding.replicated(mesh))
     pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
                                              ignore_empty=self.ignore_empty)
     glas = objects.GlaSMetrics() if self.object_metrics else None
@@ -167,6 +170,15 @@ class SegmentationTask:
       for c, f1 in enumerate(d.get('class_f1', [])):
         out[f'detection_f1_{self.class_names[c + 1]}'] = float(f1)
     return {k: float(v) for k, v in out.items()}
+
+  def tensorboard_images(self, details, n=2):
+    """image | ground truth | prediction strips of the first validation images."""
+    out = {}
+    for i, (image, true, pred) in enumerate(details['panels'][:n]):
+      scale = 255 // max(self.num_classes - 1, 1)
+      grey = lambda m: np.repeat((m * scale).astype(np.uint8)[..., None], 3, -1)
+      out[f'val_prediction/{i}'] = np.concatenate([image, grey(true), grey(pred)], axis=1)
+    return out
 
   def pool_tests(self, results):
     """Pixel metrics pooled over several test parts (GlaS testA + testB)."""
