@@ -23,16 +23,26 @@ from histojax.data import derive, paths, pipeline, splits, store
 
 
 class Indexed:
-  """Examples `indices` of a source, in that order."""
+  """Examples `indices` of a source, in that order. With cache=True each process keeps the
+  decoded examples it has read (whole training images: many crops are cut from each, and
+  decoding dominates the input pipeline otherwise)."""
 
-  def __init__(self, source, indices):
+  def __init__(self, source, indices, cache=False):
     self.source, self.indices = source, np.asarray(indices, np.int64)
+    self.cache = {} if cache else None
 
   def __len__(self):
     return len(self.indices)
 
   def __getitem__(self, i):
-    return self.source[int(self.indices[i])]
+    if self.cache is None:
+      return self.source[int(self.indices[i])]
+    if i not in self.cache:
+      self.cache[i] = self.source[int(self.indices[i])]
+    return self.cache[i]
+
+  def __getstate__(self):  # workers start with an empty cache
+    return dict(self.__dict__, cache={} if self.cache is not None else None)
 
 
 def _subsample(records, config):
@@ -59,7 +69,7 @@ def _fingerprint(config, files, *keys):
           **{k: config.data.get(k) for k in keys}}
 
 
-def _split_by_group(stored, groups, labels, config, notes):
+def _split_by_group(stored, groups, labels, config, notes, cache_train=False):
   """Group-aware train/val/test over one stored split; a leaky split only on request."""
   if config.data.get('allow_leakage'):
     split, note = splits.random_split(len(groups), _fractions(config), config.seed,
@@ -68,7 +78,8 @@ def _split_by_group(stored, groups, labels, config, notes):
   else:
     split = splits.group_split(groups, labels, _fractions(config), config.seed)
     splits.check_disjoint(split, groups)
-  return {name: Indexed(stored, idx) for name, idx in split.items()}
+  return {name: Indexed(stored, idx, cache=cache_train and name == 'train')
+          for name, idx in split.items()}
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -94,7 +105,8 @@ def _glas(config):
   info = {'num_classes': 2, 'class_names': ['background', 'gland'], 'notes': notes,
           'instance_masks': True}
   return pipeline.Splits(
-      Indexed(stored['train'], [position[r.name] for r in train]),
+      Indexed(stored['train'], [position[r.name] for r in train],
+              cache=config.data.get('cache_train', True)),
       Indexed(stored['train'], [position[r.name] for r in val]),
       {'testA': stored['testA'], 'testB': stored['testB']}, info)
 
@@ -153,7 +165,8 @@ def _points_seg(config):
                          ['examples'], generate,
                          {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32),
                           'points': ((None, 2), np.float32), 'point_labels': ((None,), np.int32)})
-  parts = _split_by_group(stored['examples'], [r.group for r in records], None, config, notes)
+  parts = _split_by_group(stored['examples'], [r.group for r in records], None, config, notes,
+                          cache_train=config.data.get('cache_train', True))
   names = ['background', *merged]
   notes = notes + [f'Masks: discs of radius {radius} px around annotated nuclei '
                    f'({"per-class type map" if types else "binary"}); split by image.']
