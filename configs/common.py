@@ -72,3 +72,16 @@ def smoke(c):
   c.data.max_source_images = 24   # derived H&E datasets: built from a spread of 24 images
   c.data.workers = 0
   return c
+
+
+def smoke_segmentation(c):
+  """`smoke` plus what whole-image segmentation needs: tiny U-Net, small crops and windows."""
+  smoke(c)
+  c.batch_size, c.eval_batch_size = 4, 4
+  c.total_steps, c.eval_every_steps, c.ckpt_every_steps = 6, 6, 6
+  c.data.max_eval_examples = 2
+  c.data.crop_size = 64
+  c.model.features = (4, 8, 16)
+  c.dtype = 'float32'
+  c.inference = dict(window=(128, 128), overlap=0.25, blend='gaussian', window_batch=8)
+  return c

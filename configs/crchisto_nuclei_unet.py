@@ -40,11 +40,5 @@ def get_config(arg=None):
   c.detection_radius = 6.0
   c.inference = dict(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8)
   if arg.smoke:
-    common.smoke(c)
-    c.batch_size, c.eval_batch_size = 4, 4
-    c.total_steps, c.eval_every_steps, c.ckpt_every_steps = 6, 6, 6
-    c.data.max_eval_examples = 2
-    c.data.crop_size = 64
-    c.model.features = (4, 8, 16)
-    c.inference = dict(window=(128, 128), overlap=0.25, blend='gaussian', window_batch=8)
+    common.smoke_segmentation(c)
   return c

@@ -10,6 +10,15 @@ import numpy as np
 from histojax import writers
 
 
+def _save(fig, workdir, name, dpi=100):
+  fig.tight_layout()
+  path = pathlib.Path(workdir) / 'plots' / name
+  path.parent.mkdir(exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def plot_curves(workdir, names):
   """One panel per metric name: train and val curves from metrics.jsonl."""
   rows = writers.read_jsonl(pathlib.Path(workdir) / 'metrics.jsonl')
@@ -23,12 +32,7 @@ def plot_curves(workdir, names):
     ax.set_title(name)
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  path = pathlib.Path(workdir) / 'plots' / 'curves.png'
-  path.parent.mkdir(exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, workdir, 'curves.png')
 
 
 def plot_confusion(workdir, matrix, class_names, name='confusion_test.png'):
@@ -42,12 +46,7 @@ def plot_confusion(workdir, matrix, class_names, name='confusion_test.png'):
   ax.set_yticks(range(len(matrix)), class_names)
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
-  fig.tight_layout()
-  path = pathlib.Path(workdir) / 'plots' / name
-  path.parent.mkdir(exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, workdir, name)
 
 
 def plot_segmentation_panels(workdir, panels, name):
@@ -66,12 +65,7 @@ def plot_segmentation_panels(workdir, panels, name):
                 vmax=max(k, 1) if img.ndim == 2 else None, interpolation='nearest')
       ax.set_title(title)
       ax.axis('off')
-  fig.tight_layout()
-  path = pathlib.Path(workdir) / 'plots' / name
-  path.parent.mkdir(exist_ok=True)
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-  return path
+  return _save(fig, workdir, name, dpi=80)
 
 
 def write(workdir, config, task, results, final_step, loop, info, extra=()):

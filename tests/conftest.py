@@ -1,5 +1,6 @@
 """Shared test helpers. Tests run on the real data under $HISTOJAX_DATA; in CI (CI=true) its
 absence is a failure, elsewhere a skip."""
+import functools
 import os
 import pathlib
 import signal
@@ -42,3 +43,15 @@ def kill_group(proc, sig=signal.SIGKILL):
     os.killpg(proc.pid, sig)
   except ProcessLookupError:
     pass
+
+
+@functools.lru_cache(maxsize=None)
+def glas_records():
+  from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
+  return glas.records()
+
+
+@functools.lru_cache(maxsize=None)
+def crc_records():
+  from histojax.data.sources import crchisto  # pylint: disable=g-import-not-at-top
+  return crchisto.records()

@@ -1,5 +1,4 @@
 """Dataset readers: counts and alignment on real data (HISTOJAX_DATA), errors on fixtures."""
-import functools
 import json
 
 import numpy as np
@@ -7,19 +6,12 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from conftest import require_data
+from conftest import crc_records, glas_records, require_data
 from histojax.data import paths
 from histojax.data.sources import brecahad, common, crchisto, folders, glas
 
 
-@functools.lru_cache(maxsize=None)
-def _glas():
-  return glas.records()
-
-
-@functools.lru_cache(maxsize=None)
-def _crc():
-  return crchisto.records()
+_glas, _crc = glas_records, crc_records
 
 
 def _png(path, array, mode=None):

@@ -1,23 +1,15 @@
 """Tiles, nucleus crops, disc masks and group-aware splits (synthetic arrays + the real data)."""
-import functools
 import warnings
 
 import numpy as np
 import pytest
 
-from conftest import require_data
+from conftest import crc_records, glas_records, require_data
 from histojax.data import derive, paths, splits
 from histojax.data.sources import crchisto, glas
 
 
-@functools.lru_cache(maxsize=None)
-def _glas():
-  return glas.records()
-
-
-@functools.lru_cache(maxsize=None)
-def _crc():
-  return crchisto.records()
+_glas, _crc = glas_records, crc_records
 
 
 def _image(h, w, seed=0):
