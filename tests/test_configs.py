@@ -23,6 +23,7 @@ def _config(name, arg='smoke'):
 def test_docstring_states_command_result_and_time(name):
   doc = importlib.import_module(f'configs.{name}').__doc__
   assert f'configs/{name}.py' in doc and 'Expected' in doc and 'Smoke' in doc
+  assert 'Time' in doc
 
 
 def write_brecahad_fixture(root, n_images=4):
@@ -55,3 +56,23 @@ def test_smoke_run(name, tmp_path):
     assert scalars['count'] > 0, part
   key = 'accuracy' if 'accuracy' in results['val'] else 'pixel_accuracy'
   assert all(np.isfinite(scalars[key]) for scalars in results.values())
+
+
+def test_seed_folder_layout_runs_both_models_by_argument(tmp_path):
+  """The seed's whole images in folders A, B, C, D: model 1 = A vs B, model 2 = C vs D."""
+  from histojax import train
+  rng = np.random.default_rng(0)
+  for k, name in enumerate('ABCD'):
+    (tmp_path / 'data' / name).mkdir(parents=True)
+    for i in range(4):
+      base = np.array([[200, 80, 160], [120, 60, 200], [220, 120, 120], [90, 90, 200]][k])
+      image = np.clip(base + rng.normal(0, 25, (300, 300, 3)), 0, 255).astype(np.uint8)
+      Image.fromarray(image).save(tmp_path / 'data' / name / f'{name}{i}.png')
+  for classes in ('A+B', 'C+D'):
+    config = _config('patches_cnn', f'smoke,root={tmp_path / "data"},classes={classes}')
+    config.data.min_tissue = 0.0
+    config.data.fractions = dict(train=0.34, val=0.33, test=0.33)
+    results = train.train_and_evaluate(config, tmp_path / classes)
+    report = (tmp_path / classes / 'report.md').read_text()
+    assert results['test']['count'] % 9 == 0 and results['test']['count'] > 0  # 9 tiles/image
+    assert all(c in report for c in classes.split('+'))

@@ -299,8 +299,10 @@ def test_class_folders(tmp_path):
     recs, classes = folders.class_folders(tmp_path, skip_bad=True)
   assert classes == ['normal', 'tumour']
   assert [(r.name, r.label) for r in recs] == [('y1', 0), ('x1', 1), ('x2', 1)]
-  with pytest.raises(paths.DataError, match=r"unknown class name\(s\) \['tumour'\]"):
+  with pytest.raises(paths.DataError, match=r"no sub-folder for class\(es\) \['tumor'\]"):
     folders.class_folders(tmp_path, classes=['normal', 'tumor'], skip_bad=True)
+  recs, classes = folders.class_folders(tmp_path, classes=['tumour'])  # a subset, in order
+  assert classes == ['tumour'] and [r.name for r in recs] == ['x1', 'x2']
 
 
 def test_csv_labels_and_test_folder(tmp_path):

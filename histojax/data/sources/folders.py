@@ -118,12 +118,22 @@ def _check_classes(found, classes, where) -> list[str]:
 
 def class_folders(root, classes=None, verify: bool = False,
                   skip_bad: bool = False) -> tuple[common.RecordList, list[str]]:
-  """Images sorted into one sub-folder per class -> (records, class names)."""
+  """Images sorted into one sub-folder per class -> (records, class names).
+
+  classes: which sub-folders to use, in label order (the seed's A+B out of A, B, C, D); all
+  sub-folders, sorted, when None.
+  """
   root = _folder(root, '')
   dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
   if not dirs:
     raise paths.DataError(f'{root} has no class sub-folders.')
-  names = _check_classes([d.name for d in dirs], classes, str(root))
+  if classes:
+    missing = [c for c in classes if c not in {d.name for d in dirs}]
+    if missing:
+      raise paths.DataError(f'{root}: no sub-folder for class(es) {missing}; found '
+                            f'{[d.name for d in dirs]}.')
+    dirs = [root / c for c in classes]
+  names = [d.name for d in dirs]
   bad = common.BadItems(skip_bad, f'class folders {root}')
   items = []
   for d in dirs:
