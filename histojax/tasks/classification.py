@@ -51,7 +51,7 @@ class ClassificationTask:
     self.std = jnp.asarray(config.data.get('std', (0.5,)), jnp.float32)
     self.device_augment = config.data.get('device_augment')
     self.explain_samples = config.get('explain_samples', 0)
-    self.seed = config.seed
+    self.seed = config.get('seed', 0)
     host = config.data.get('augment')
     # Host-side joint augmentation (H&E patches), drawn from (seed, epoch, index).
     self.train_transform = (functools.partial(_augment_example, params=dict(host),
