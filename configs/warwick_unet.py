@@ -41,6 +41,7 @@ def get_config(arg=None):
   c.ckpt_every_steps, c.ckpt_every_epochs = 500, None
   c.best_metric, c.best_mode = 'val/dice', 'max'
   c.inference = dict(window=(256, 256), overlap=0.5, blend='gaussian', window_batch=16)
+  c.object_min_size = 0  # px; raise to drop speckle before GlaS object metrics (untuned)
   if arg.smoke:
     common.smoke_segmentation(c)
   return c

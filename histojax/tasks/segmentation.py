@@ -41,6 +41,8 @@ class SegmentationTask:
     self.window_batch = config.inference.window_batch
     self.ignore_empty = config.get('ignore_empty', True)
     self.object_metrics = bool(info.get('instance_masks'))
+    # Predicted components smaller than this (px) are not objects (GlaS object metrics only).
+    self.object_min_size = config.get('object_min_size', 0)
     self.detection = bool(info.get('points'))
     self.detection_radius = config.get('detection_radius', 6.0)
     self.panels = config.get('report_panels', 4)
@@ -138,7 +140,7 @@ class SegmentationTask:
       true = (gt > 0).astype(np.int32) if self.binary else gt
       pixels.update(seg_metrics.pixel_stats(pred[None], true[None], None, self.num_classes))
       if glas is not None:
-        glas.update(objects.label_objects(pred > 0), gt)
+        glas.update(objects.label_objects(pred > 0, min_size=self.object_min_size), gt)
       if detection is not None:
         points = np.asarray(example['points'])[:, ::-1]  # (x, y) → (row, col)
         labels = np.asarray(example['point_labels']) + 1
