@@ -5,6 +5,7 @@ list of tokens. `name=value` sets an argument; a bare `name` sets it to True. Un
 names are an error. Example: `--config=configs/mnist_cnn.py:smoke,aug`.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def parse_arg(arg, **defaults):
@@ -32,14 +33,17 @@ def base_config():
   c.dtype = 'float32'              # compute dtype: float32 | bfloat16 (params stay float32)
   c.batch_size = 64                # global batch, over all devices and hosts
   c.eval_batch_size = 1024
-  # Durations: set `<name>_steps` or `<name>_epochs` (one of the two; the other None).
-  c.total_steps = None
-  c.total_epochs = None
+  # Durations: `<name>_steps` or `<name>_epochs`; steps win when both are set, so
+  # `--config.total_steps=N` overrides a config written in epochs. Typed placeholders (None
+  # until set) so that the command line can set them.
+  c.total_steps = placeholder(int)
+  c.total_epochs = placeholder(float)
   c.log_every_steps = 100
-  c.eval_every_steps = None
+  c.eval_every_steps = placeholder(int)
   c.eval_every_epochs = 1.0
-  c.ckpt_every_steps = None
+  c.ckpt_every_steps = placeholder(int)
   c.ckpt_every_epochs = 1.0
+  c.init_from = placeholder(str)   # transfer learning: a workdir, checkpoint or .npz
   # Model selection and early stopping on a validation metric.
   c.best_metric = 'val/accuracy'
   c.best_mode = 'max'              # max | min
@@ -47,12 +51,16 @@ def base_config():
   c.optimizer = ml_collections.ConfigDict(dict(name='adam', lr=1e-3, weight_decay=0.0))
   c.schedule = ml_collections.ConfigDict(dict(
       name='constant',             # constant | step | cosine
-      decay_every_epochs=None, decay_every_steps=None, decay_factor=0.1,
+      decay_every_epochs=placeholder(float), decay_every_steps=placeholder(int),
+      decay_factor=0.1,
       warmup_steps=0))
   c.data = ml_collections.ConfigDict()
   c.data.workers = 0               # grain worker processes for the training stream
-  c.data.max_train_examples = None  # subset for smoke runs
-  c.data.max_eval_examples = None
+  c.data.max_train_examples = placeholder(int)  # subset for smoke runs
+  c.data.max_eval_examples = placeholder(int)
+  c.data.max_source_images = placeholder(int)
+  c.data.root = placeholder(str)   # bring-your-own data folder
+  c.data.tfds_data_dir = placeholder(str)
   c.model = ml_collections.ConfigDict()
   c.mesh = [('data', -1)]
   c.distributed = False            # call jax.distributed.initialize() (multi-host)

@@ -7,11 +7,10 @@ import optax
 
 
 def steps(prefix, config, steps_per_epoch, *, default=None):
-  """`<prefix>_steps` or `<prefix>_epochs` of `config` (or of a sub-dict) in steps."""
+  """`<prefix>_steps` (wins when both are set) or `<prefix>_epochs` of `config` (or of a
+  sub-dict), in steps."""
   n_steps = config.get(f'{prefix}_steps')
   n_epochs = config.get(f'{prefix}_epochs')
-  if n_steps is not None and n_epochs is not None:
-    raise ValueError(f'Set only one of {prefix}_steps and {prefix}_epochs.')
   if n_steps is not None:
     return int(n_steps)
   if n_epochs is not None:

@@ -155,3 +155,20 @@ def test_early_stopping_and_eval_mode(tmp_path):
   assert 'early stopped: True' in (tmp_path / 'report.md').read_text()
   again = train.train_and_evaluate(config, tmp_path, mode='eval')
   assert again['test'] == results['test']
+
+
+def test_fields_that_default_to_none_are_overridable_and_steps_win():
+  from ml_collections import config_flags
+  from histojax import schedules
+  argv = ['launch.py', f'--config={ROOT}/configs/nuclei_cnn.py', '--config.total_steps=7',
+          '--config.eval_every_steps=3', '--config.init_from=/some/run',
+          '--config.data.max_source_images=5']
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=values, sys_argv=argv)
+  values(argv)
+  config = values.config
+  assert (config.total_steps, config.eval_every_steps, config.init_from,
+          config.data.max_source_images) == (7, 3, '/some/run', 5)
+  assert config.total_epochs == 30  # still set: steps take precedence
+  assert schedules.steps('total', config, steps_per_epoch=100) == 7
+  assert schedules.steps('ckpt_every', config, steps_per_epoch=100) == 100
