@@ -100,6 +100,14 @@ class SegmentationMetrics:
       rows.append(np.asarray(stats[name], np.int64)[keep])
     self._confusion += np.asarray(stats['confusion'], np.int64)
 
+  def merge(self, other):
+    """Adds another accumulator's images (e.g. pooling GlaS testA and testB)."""
+    self._tp += other._tp  # pylint: disable=protected-access
+    self._fp += other._fp  # pylint: disable=protected-access
+    self._fn += other._fn  # pylint: disable=protected-access
+    self._confusion += other._confusion  # pylint: disable=protected-access
+    return self
+
   def _scores(self, tp, fp, fn):
     """Dice and IoU with the empty-ground-truth policy; works per image or pooled."""
     dice = _ratio(2 * tp, 2 * tp + fp + fn)

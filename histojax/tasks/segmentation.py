@@ -187,11 +187,7 @@ class SegmentationTask:
     pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
                                              ignore_empty=self.ignore_empty)
     for _, details in results:
-      src = details['pixels']
-      pixels._tp += src._tp  # pylint: disable=protected-access
-      pixels._fp += src._fp  # pylint: disable=protected-access
-      pixels._fn += src._fn  # pylint: disable=protected-access
-      pixels._confusion += src._confusion  # pylint: disable=protected-access
+      pixels.merge(details['pixels'])
     details = {'pixels': pixels, 'glas': None, 'detection': None, 'panels': []}
     return self._scalars(details), details
 
