@@ -5,6 +5,8 @@ weights (seed: ResNet18 0.977 accuracy on its Kaggle data; different data and pr
 Command:  python launch.py --config=configs/nuclei_resnet18.py --workdir=workdirs/nuclei_r18
 Transfer: python launch.py --config=configs/nuclei_resnet18.py:imagenet \
             --config.init_from=resnet18.npz --workdir=...   (torchvision weights, see README)
+Seed's Kaggle layout: add csv=train.csv,images=train[,gray] (see nuclei_cnn.py); with gray and
+          imagenet, the first conv of the torchvision weights is summed over RGB.
 Smoke:    python launch.py --config=configs/nuclei_resnet18.py:smoke --workdir=/tmp/nr
 
 Split by source image 70/10/20; bf16; flips/rot90, small rotations, HED jitter; AdamW +
@@ -18,8 +20,11 @@ from configs import common, nuclei_cnn
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, smoke=False, imagenet=False, fp32=False)
+  arg = common.parse_arg(arg, smoke=False, imagenet=False, fp32=False, csv='', images='',
+                         gray=False)
   c = nuclei_cnn.get_config('smoke' if arg.smoke else None)
+  if arg.csv:
+    nuclei_cnn.use_label_csv(c, arg.csv, arg.images, arg.gray)
   c.model = dict(name='resnet18', stem='imagenet' if arg.imagenet else 'small')
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'
   c.l2_kernel, c.l2_bias = 0.0, 0.0
@@ -32,6 +37,8 @@ def get_config(arg=None):
   if arg.imagenet:
     c.freeze.steps = 300
     c.data.mean, c.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    if arg.gray:  # ImageNet statistics of the luma of R=G=B inputs
+      c.data.mean, c.data.std = (0.449,), (0.226,)
   if arg.smoke:
     common.smoke(c)
     c.model.widths = (8, 16, 16, 32)

@@ -62,13 +62,14 @@ def abstract(tree):
                       tree)
 
 
-def load_variables(path):
+def load_variables(path, in_channels=None):
   """{'params', 'batch_stats'} as numpy from a histojax workdir (its best checkpoint, else the
-  latest), a checkpoints/<step> folder, or a torchvision-layout ResNet18 `.npz`."""
+  latest), a checkpoints/<step> folder, or a torchvision-layout ResNet18 `.npz` (whose first
+  conv is summed over RGB when in_channels=1)."""
   path = pathlib.Path(path)
   if path.suffix == '.npz':
     from histojax.models import torch_import  # pylint: disable=g-import-not-at-top
-    return torch_import.convert_resnet18(path, skip_head=True)
+    return torch_import.convert_resnet18(path, in_channels=in_channels, skip_head=True)
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
   if path.name == 'checkpoints' or not (path / 'state').is_dir():

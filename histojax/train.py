@@ -171,7 +171,9 @@ def train_and_evaluate(config, workdir, mode='train'):
     loop.update(saved['loop'])
     logging.info('Resumed from %s at step %d.', ckpts.manager.directory, start)
   elif config.get('init_from') and mode == 'train':
-    source = checkpoint.load_variables(config.init_from)
+    stem = state.params.get('conv1', {}).get('kernel')  # ResNet: adapt .npz RGB weights to it
+    source = checkpoint.load_variables(config.init_from,
+                                       in_channels=None if stem is None else stem.shape[2])
     params, loaded, skipped = checkpoint.merge_matching(state.params, source['params'])
     stats, _, _ = checkpoint.merge_matching(state.batch_stats, source.get('batch_stats', {}))
     state = jax.device_put(state.replace(params=params, batch_stats=stats,

@@ -246,13 +246,24 @@ def _keep_freed_memory():
 
 
 def augment(image, mask, params, *, seed, epoch, index):
-  """Returns (image uint8 (oh, ow, 3), mask (oh, ow) of mask's dtype, or None).
+  """Returns (image uint8 (oh, ow, C), mask (oh, ow) of mask's dtype, or None).
 
   (oh, ow) is params['crop_size'] if set, else the input size. Pure in (seed, epoch, index).
+  A grayscale image (C = 1) goes through as three equal channels; stain and colour transforms
+  (HED, saturation, hue) are refused for it.
   """
-  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 2:
-    raise ValueError(f'augment wants uint8 HxWx3 images (H, W ≥ 2), got {image.dtype} '
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3) or \
+     min(image.shape[:2]) < 2:
+    raise ValueError(f'augment wants uint8 HxWx3 or HxWx1 images (H, W ≥ 2), got {image.dtype} '
                      f'{image.shape}.')
+  if image.shape[2] == 1:
+    colour = [k for k in ('hed_sigma', 'hed_bias', 'saturation', 'hue') if _get(params, k, 0)]
+    if colour:
+      raise ValueError(f'augmentation {colour} needs RGB images; the input is grayscale '
+                       '(set them to 0 in config.data.augment).')
+    out, mask = augment(np.repeat(image, 3, axis=2), mask, params, seed=seed, epoch=epoch,
+                        index=index)
+    return out[..., :1], mask
   if mask is not None and mask.shape != image.shape[:2]:
     raise ValueError(f'mask shape {mask.shape} does not match image {image.shape[:2]}.')
   _keep_freed_memory()

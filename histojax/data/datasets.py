@@ -11,6 +11,8 @@ once as tfds array_record datasets (store.py).
 | crchisto_patches | PxP nucleus-centred crop + class                      | image           |
 | glas_tiles       | PxP tile + benign/malignant                           | patient         |
 | folder_tiles     | PxP tile + class folder (bring your own, seed's A/B)  | image           |
+| csv_patches      | PxP patch + label from a `filename,label` CSV (seed's | patch           |
+|                  | Kaggle nuclei layout; RGB or grayscale)               |                 |
 
 GlaS keeps its official testA/testB; everything else carves train/val/test with
 `config.data.fractions`. Validation always comes from training images, never test.
@@ -228,6 +230,38 @@ def _crchisto_patches(config):
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
 
 
+def _csv_patches(config):
+  """The seed's Kaggle layout: equal-size patches in a folder, labels in a filename,label CSV."""
+  from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
+  size, channels = config.data.get('patch_size', 100), config.data.get('channels', 3)
+  records, _, class_names = folders.csv_labels(
+      config.data.csv, config.data.images, classes=config.data.get('classes'),
+      skip_bad=config.data.get('skip_bad', False), channels=channels)
+  records = _subsample(records, config)
+
+  def generate(split):
+    del split
+    for r in records:
+      image = folders.load_image(r, channels)
+      if image.shape[:2] != (size, size):
+        raise paths.DataError(f'{r.image_path} is {image.shape[1]}x{image.shape[0]} px; every '
+                              f'patch must be {size}x{size} (config key data.patch_size).')
+      yield {'image': image, 'label': np.int32(r.label)}, [r.name, int(r.label)]
+
+  stored, metas = store.prepare('csv_patches', _fingerprint(
+      config, [r.image_path for r in records], 'csv', 'patch_size', 'channels', 'classes'),
+      ['examples'], generate, {'image': ((size, size, channels), np.uint8),
+                               'label': ((), np.int32)})
+  groups, labels = zip(*metas['examples'])
+  notes = [f'{len(groups)} labelled {size}x{size} patches from {config.data.csv}; the CSV names '
+           'no source image or patient, so the split is by patch: patches cut from one slide '
+           'can sit in train and test, and val/test scores may be optimistic.'] + [
+               f'Skipped bad input: {s}' for s in records.skipped]
+  parts = _split_by_group(stored['examples'], groups, labels, config, notes)
+  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes}
+  return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+
+
 def _tiles(config):
   """Whole images of a few classes → tiles; label = the image's class; split by group."""
   size = config.data.get('tile_size', 100)
@@ -274,6 +308,7 @@ BUILDERS = {
     'crchisto_patches': _crchisto_patches,
     'glas_tiles': _tiles,
     'folder_tiles': _tiles,
+    'csv_patches': _csv_patches,
 }
 
 

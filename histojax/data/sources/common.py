@@ -97,6 +97,20 @@ def read_rgb(path) -> np.ndarray:
   return np.ascontiguousarray(array, dtype=np.uint8)
 
 
+def check_gray_mode(path, mode: str):
+  if mode != 'L':
+    raise paths.DataError(f'Image {path} has PIL mode {mode!r}; an 8-bit grayscale image (mode '
+                          "'L') is expected with data.channels=1.")
+
+
+def read_gray(path) -> np.ndarray:
+  """Reads an 8-bit grayscale image as uint8 [H, W, 1]; anything else is a DataError."""
+  path = pathlib.Path(path)
+  array, mode = _decode(path)
+  check_gray_mode(path, mode)
+  return np.ascontiguousarray(array, dtype=np.uint8)[..., None]
+
+
 def read_label_mask(path, binary_to_01: bool = True) -> np.ndarray:
   """Reads a label mask as int32 [H, W].
 

@@ -45,11 +45,11 @@ class ClassRecord:
     return self.name
 
 
-def _check_image(path: pathlib.Path, verify: bool) -> tuple[int, int]:
+def _check_image(path: pathlib.Path, verify: bool, channels: int = 3) -> tuple[int, int]:
   if verify:
-    return common.read_rgb(path).shape[:2]
+    return (common.read_gray if channels == 1 else common.read_rgb)(path).shape[:2]
   hw, mode = common.image_header(path)
-  common.check_rgb_mode(path, mode)
+  (common.check_gray_mode if channels == 1 else common.check_rgb_mode)(path, mode)
   return hw
 
 
@@ -94,9 +94,9 @@ def segmentation(root, images: str = 'images', masks: str = 'masks', verify: boo
   return bad.finish(items, notes)
 
 
-def load_image(record) -> np.ndarray:
-  """uint8 [H, W, 3] for a SegRecord or ClassRecord."""
-  return common.read_rgb(record.image_path)
+def load_image(record, channels: int = 3) -> np.ndarray:
+  """uint8 [H, W, channels] (3: RGB, 1: grayscale) for a SegRecord or ClassRecord."""
+  return (common.read_gray if channels == 1 else common.read_rgb)(record.image_path)
 
 
 def load_mask(record: SegRecord) -> np.ndarray:
@@ -108,8 +108,9 @@ def load_mask(record: SegRecord) -> np.ndarray:
 
 
 def _check_classes(found, classes, where) -> list[str]:
-  if classes is None:
-    return sorted(found)
+  if classes is None:  # integer labels in numeric order ('2' before '10'), names sorted
+    numeric = all(str(c).lstrip('-').isdigit() for c in found)
+    return sorted(found, key=int) if numeric else sorted(found)
   unknown = sorted(set(found) - set(classes))
   if unknown:
     raise paths.DataError(f'{where}: unknown class name(s) {unknown}; expected {list(classes)}.')
@@ -180,7 +181,7 @@ def _resolve(image_dir: pathlib.Path, filename: str, csv_path) -> pathlib.Path:
 
 
 def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = False,
-               skip_bad: bool = False) -> tuple[common.RecordList, common.RecordList, list[str]]:
+               skip_bad: bool = False, channels: int = 3) -> tuple[common.RecordList, common.RecordList, list[str]]:
   """A `filename,label` CSV + image folder -> (labelled records, test records, class names).
 
   Filenames may omit the extension. Labels are class names (sorted into indices, or checked
@@ -199,7 +200,7 @@ def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = 
 
   def one(filename, label):
     path = _resolve(image_dir, filename, csv_path)
-    _check_image(path, verify)
+    _check_image(path, verify, channels)
     return ClassRecord(path.stem, path, names.index(label), label)
 
   items = bad.finish([r for r in (bad.run(one, f, l) for f, l in rows) if r is not None])
@@ -208,5 +209,5 @@ def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = 
     test_dir = _folder(test_dir, '')
     bad_test = common.BadItems(skip_bad, f'unlabelled images {test_dir}')
     tests = bad_test.finish([ClassRecord(p.stem, p, -1, '') for p in common.list_images(test_dir)
-                             if bad_test.run(_check_image, p, verify) is not None])
+                             if bad_test.run(_check_image, p, verify, channels) is not None])
   return items, tests, names
