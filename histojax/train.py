@@ -273,6 +273,8 @@ def train_and_evaluate(config, workdir, mode='train'):
     state, _ = ckpts.restore(final_step, checkpoint.abstract(state))
   final_step = int(state.step)
   results = {'val': evaluate(state, splits.val)}
+  if hasattr(task, 'select_on_val'):  # post-processing tuned on val only, before any test
+    results['val'] = task.select_on_val(results['val'])
   writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'][0].items()})
   for part, source in splits.tests.items():
     results[part] = evaluate(state, source)

@@ -62,8 +62,11 @@ class Progress:
       rate = float('nan')
     else:
       rate = (step - self.s0) / max(now - self.t0, 1e-9)
-    eta = (self.total - step) / rate if rate == rate and rate > 0 else float('nan')
     parts = ' '.join(f'{k.split("/")[-1]} {v:.4g}' for k, v in scalars.items())
-    eta_s = f'{int(eta // 60)}m{int(eta % 60):02d}s' if eta == eta else '?'
-    logging.info('step %d/%d | %s | %.1f steps/s | ETA %s', step, self.total, parts, rate, eta_s)
+    if rate == rate and rate > 0:
+      eta = (self.total - step) / rate
+      speed = f'{rate:.1f} steps/s | ETA {int(eta // 60)}m{int(eta % 60):02d}s'
+    else:  # the first logged step includes compilation, so it cannot time anything
+      speed = 'rate and ETA from the next log line'
+    logging.info('step %d/%d | %s | %s', step, self.total, parts, speed)
     return rate

@@ -37,3 +37,33 @@ def test_multiclass_losses_and_class_weights():
   np.testing.assert_allclose(weighted, np.log(3) * 48 / 64, rtol=1e-5)  # background weight 0
   with pytest.raises(ValueError, match='Unknown loss'):
     _task(3, 'focal').loss(logits, {'mask': mask})
+
+
+def test_object_min_size_is_chosen_on_val_and_applied_to_test():
+  config = ml_collections.ConfigDict(dict(
+      seed=0, loss='bce+dice', object_min_size=0, object_min_size_candidates=(4, 50, 400),
+      data=dict(crop_size=8, augment=None),
+      inference=dict(window=(8, 8), overlap=0.25, blend='constant', window_batch=2)))
+  task = segmentation.SegmentationTask(config, {'num_classes': 2, 'instance_masks': True})
+  rng = np.random.default_rng(0)
+
+  def example():
+    gt = np.zeros((96, 96), np.int32)
+    gt[10:40, 10:40], gt[55:90, 50:85] = 1, 2  # two glands of 900 and 1,225 px
+    pred = (gt > 0).astype(np.int32)
+    for y in rng.choice(np.arange(45, 94, 3), 6, replace=False):  # separate 2x2 speckles
+      pred[y:y + 2, 2:4] = 1
+    return {'image': np.zeros((96, 96, 3), np.uint8), 'mask': gt}, pred
+
+  pairs = [example() for _ in range(3)]
+  preds = iter([p for _, p in pairs] * 2)
+  task.predict_image = lambda *args: (None, next(preds))
+  source = [e for e, _ in pairs]
+  val = task.evaluate(None, None, source, mesh=None)
+  assert val[0]['object_f1'] < 1.0  # min size 0 during training: speckles are objects
+  scalars, _ = task.select_on_val(val)
+  assert task.object_min_size == 50  # 4 keeps the 4-px speckles; 400 would also do: smaller wins
+  assert scalars['object_f1'] == 1.0 and scalars['dice'] == val[0]['dice']
+  test = task.evaluate(None, None, source, mesh=None)
+  assert test[0]['object_f1'] == 1.0
+  assert 'chosen on val' in task.min_size_note

@@ -42,7 +42,11 @@ class SegmentationTask:
     self.ignore_empty = config.get('ignore_empty', True)
     self.object_metrics = bool(info.get('instance_masks'))
     # Predicted components smaller than this (px) are not objects (GlaS object metrics only).
-    self.object_min_size = config.get('object_min_size', 0)
+    # With candidates, the final report picks the one with the best val object F1 first.
+    self.object_min_size = int(config.get('object_min_size', 0))
+    self.min_size_candidates = sorted({self.object_min_size,
+                                       *map(int, config.get('object_min_size_candidates') or ())})
+    self.min_size_note = None
     self.detection = bool(info.get('points'))
     self.detection_radius = config.get('detection_radius', 6.0)
     self.panels = config.get('report_panels', 4)
@@ -130,7 +134,8 @@ class SegmentationTask:
                              sharding.replicated(mesh))
     pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
                                              ignore_empty=self.ignore_empty)
-    glas = objects.GlaSMetrics() if self.object_metrics else None
+    glas = ({m: objects.GlaSMetrics() for m in self.min_size_candidates}
+            if self.object_metrics else None)
     detection = objects.DetectionMetrics() if self.detection else None
     panels = []
     for i in range(len(source)):
@@ -140,7 +145,8 @@ class SegmentationTask:
       true = (gt > 0).astype(np.int32) if self.binary else gt
       pixels.update(seg_metrics.pixel_stats(pred[None], true[None], None, self.num_classes))
       if glas is not None:
-        glas.update(objects.label_objects(pred > 0, min_size=self.object_min_size), gt)
+        for min_size, metrics in glas.items():
+          metrics.update(objects.label_objects(pred > 0, min_size=min_size), gt)
       if detection is not None:
         points = np.asarray(example['points'])[:, ::-1]  # (x, y) → (row, col)
         labels = np.asarray(example['point_labels']) + 1
@@ -163,7 +169,7 @@ class SegmentationTask:
     out['dice'] = out['mean_dice']  # the headline: pooled foreground Dice (val/dice)
     out['count'] = computed['n_images']
     if details['glas'] is not None:
-      g = details['glas'].compute()
+      g = details['glas'][self.object_min_size].compute()
       out.update({f'object_{k}': g[k] for k in ('f1', 'precision', 'recall')})
       out['object_dice'], out['object_hausdorff'] = g['object_dice'], g['object_hausdorff']
     if details['detection'] is not None:
@@ -172,6 +178,20 @@ class SegmentationTask:
       for c, f1 in enumerate(d.get('class_f1', [])):
         out[f'detection_f1_{self.class_names[c + 1]}'] = float(f1)
     return {k: float(v) for k, v in out.items()}
+
+  def select_on_val(self, val_result):
+    """Chooses object_min_size among the candidates by val object F1 (ties: the smaller), for
+    the test parts scored after it; returns the val result rescored with it."""
+    scalars, details = val_result
+    if details['glas'] is None or len(self.min_size_candidates) < 2:
+      return val_result
+    f1 = {m: g.compute()['f1'] for m, g in details['glas'].items()}
+    self.object_min_size = max(f1, key=lambda m: (f1[m], -m))
+    self.min_size_note = (
+        f'Object post-processing chosen on val: predicted components < {self.object_min_size} '
+        f'px dropped before the object metrics (val object F1 by candidate: '
+        f'{", ".join(f"{m}: {v:.3f}" for m, v in f1.items())}). Pixel metrics use the raw mask.')
+    return self._scalars(details), details
 
   def tensorboard_images(self, details, n=2):
     """image | ground truth | prediction strips of the first validation images."""
@@ -207,6 +227,8 @@ class SegmentationTask:
                 'metrics (area-weighted, pooled over the part). Predicted objects are connected '
                 'components; ground-truth objects too (our GlaS masks are binary), so touching '
                 'glands merge: not directly comparable with published instance-level numbers.']
+      if self.min_size_note:
+        lines.append(f'- {self.min_size_note}')
     if self.detection:
       lines += [f'- `detection_*`: predicted blob centroids matched one-to-one to annotated '
                 f'nucleus centres within {self.detection_radius} px.']
