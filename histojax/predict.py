@@ -104,22 +104,29 @@ def run(workdir, input_path, output_dir):
       return jax.nn.softmax(logits)
 
     names = info.get('class_names') or [str(k) for k in range(info['num_classes'])]
+    batch = int(config.get('eval_batch_size') or 256)  # fixed, padded: compiled once
     out_csv = output_dir / 'predictions.csv'
     with open(out_csv, 'w', newline='', encoding='utf-8') as f:
       writer = csv.writer(f)
       writer.writerow(['filename', 'label', *[f'p_{n}' for n in names]])
-      for i, path in enumerate(files, 1):
-        try:
-          image = _read(path, shape[-1], shape[:2])
-        except (OSError, ValueError) as e:
-          skipped.append(f'{path}: {e}')
-          logging.warning('Skipping unreadable input %s: %s', path, e)
+      for start in range(0, len(files), batch):
+        chunk, images = [], []
+        for path in files[start:start + batch]:
+          try:
+            images.append(_read(path, shape[-1], shape[:2]))
+            chunk.append(path)
+          except (OSError, ValueError) as e:
+            skipped.append(f'{path}: {e}')
+            logging.warning('Skipping unreadable input %s: %s', path, e)
+        if not chunk:
           continue
-        p = np.asarray(probabilities(variables, jnp.asarray(image[None])))[0]
-        writer.writerow([path.name, names[int(np.argmax(p))], *[f'{v:.6f}' for v in p]])
+        padded = np.zeros((batch, *images[0].shape), np.uint8)
+        padded[:len(images)] = images
+        p = np.asarray(probabilities(variables, jnp.asarray(padded)))[:len(chunk)]
+        for path, row in zip(chunk, p):
+          writer.writerow([path.name, names[int(np.argmax(row))], *[f'{v:.6f}' for v in row]])
         f.flush()  # a crash later keeps every row written so far
-        if i % 100 == 0 or i == len(files):
-          logging.info('[%d/%d] predicted', i, len(files))
+        logging.info('[%d/%d] predicted', min(start + batch, len(files)), len(files))
   logging.info('Predicted %d of %d inputs into %s; skipped %d.', len(files) - len(skipped),
                len(files), output_dir, len(skipped))
   return skipped
