@@ -31,6 +31,8 @@ def get_config(arg=None):
   c.data.workers = 4
   c.model = dict(name='unet', features=(32, 64, 128, 256, 512), dropout=0.0)
   c.loss = 'ce+dice' if arg.types else 'bce'
+  # Batch Dice: with per-image Dice, classes absent from a crop collapse to background.
+  c.dice_over = 'batch' if arg.types else 'image'
   c.batch_size = 8
   c.total_epochs, c.total_steps = 40, None
   c.optimizer = dict(name='adam', lr=1e-3, weight_decay=0.0)

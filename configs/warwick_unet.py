@@ -32,6 +32,7 @@ def get_config(arg=None):
   c.model = dict(name='unet', features=(64, 128, 256, 512, 1024), dropout=0.0)
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'
   c.loss = 'bce+dice'
+  c.dice_over = 'image'  # soft Dice per crop ('batch': pooled over the global batch)
   c.batch_size = 32
   c.total_steps, c.total_epochs = 8000, None
   c.optimizer = dict(name='adam', lr=1e-3, weight_decay=0.0)

@@ -1,4 +1,5 @@
 """Segmentation losses and whole-image evaluation bookkeeping."""
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -7,9 +8,9 @@ import pytest
 from histojax.tasks import segmentation
 
 
-def _task(num_classes, loss, class_weights=None):
+def _task(num_classes, loss, class_weights=None, dice_over='image'):
   config = ml_collections.ConfigDict(dict(
-      seed=0, loss=loss, class_weights=class_weights,
+      seed=0, loss=loss, class_weights=class_weights, dice_over=dice_over,
       data=dict(crop_size=8, augment=None),
       inference=dict(window=(8, 8), overlap=0.25, blend='constant', window_batch=2)))
   names = ['background'] + [f'c{i}' for i in range(1, num_classes)]
@@ -37,6 +38,29 @@ def test_multiclass_losses_and_class_weights():
   np.testing.assert_allclose(weighted, np.log(3) * 48 / 64, rtol=1e-5)  # background weight 0
   with pytest.raises(ValueError, match='Unknown loss'):
     _task(3, 'focal').loss(logits, {'mask': mask})
+
+
+def test_batch_dice_pools_classes_over_the_batch():
+  # Image 0 holds class 1 only, image 1 class 2 only; the prediction is perfect.
+  mask = jnp.zeros((2, 8, 8), jnp.int32).at[0, :4].set(1).at[1, 4:].set(2)
+  logits = 20.0 * jax.nn.one_hot(mask, 3)
+  per_image = _task(3, 'dice').loss(logits, {'mask': mask})
+  batch = _task(3, 'dice', dice_over='batch').loss(logits, {'mask': mask})
+  # Per image the absent class scores (0+1)/(0+1) = 1 only because probabilities are ~0.
+  np.testing.assert_allclose(per_image, 0.0, atol=1e-4)
+  np.testing.assert_allclose(batch, 0.0, atol=1e-4)
+  # Half-confident everywhere: per image, each absent class is pushed down on its own image.
+  soft = jnp.zeros((2, 8, 8, 3))
+  per_image = _task(3, 'dice').loss(soft, {'mask': mask})
+  batch = _task(3, 'dice', dice_over='batch').loss(soft, {'mask': mask})
+  p = 1 / 3
+  present = (2 * 32 * p + 1) / (64 * p + 32 + 1)
+  absent = 1 / (64 * p + 1)
+  np.testing.assert_allclose(per_image, 1 - (present + absent) / 2, rtol=1e-5)
+  pooled = (2 * 32 * p + 1) / (128 * p + 32 + 1)  # each class: 32 px in 128 of the batch
+  np.testing.assert_allclose(batch, [1 - pooled] * 2, rtol=1e-5)
+  with pytest.raises(ValueError, match='dice_over'):
+    _task(3, 'dice', dice_over='pixel')
 
 
 def test_object_min_size_is_chosen_on_val_and_applied_to_test():

@@ -29,6 +29,19 @@ class SegmentationTask:
     self.mean = jnp.asarray(config.data.get('mean', (0.5, 0.5, 0.5)), jnp.float32)
     self.std = jnp.asarray(config.data.get('std', (0.25, 0.25, 0.25)), jnp.float32)
     self.loss_name = config.get('loss', 'bce+dice' if self.binary else 'ce+dice')
+    self.loss_terms = set(self.loss_name.split('+'))
+    known = {'bce', 'dice'} if self.binary else {'ce', 'dice'}
+    if not self.loss_terms <= known:
+      raise ValueError(f'Unknown loss {self.loss_name!r} (config key: loss); '
+                       f'{"binary" if self.binary else "multi-class"} tasks take '
+                       f'{" / ".join(sorted(known))} or a sum like {"+".join(sorted(known))}.')
+    # Soft Dice per image, or over the whole global batch (nnU-Net's batch Dice, MONAI
+    # batch=True): per image, a class absent from a crop pushes its probabilities to 0
+    # everywhere, which can collapse rare classes to background.
+    self.dice_over = config.get('dice_over', 'image')
+    if self.dice_over not in ('image', 'batch'):
+      raise ValueError(f"dice_over must be 'image' or 'batch', got {self.dice_over!r} "
+                       '(config key: dice_over).')
     weights = config.get('class_weights')
     self.class_weights = None if weights is None else jnp.asarray(weights, jnp.float32)
     params = dict(config.data.get('augment') or {})
@@ -65,7 +78,7 @@ class SegmentationTask:
       target = (mask > 0).astype(jnp.float32)
       logit = logits[..., 0]
       prob = jax.nn.sigmoid(logit)
-      if 'bce' in self.loss_name:
+      if 'bce' in self.loss_terms:
         pixel = optax.sigmoid_binary_cross_entropy(logit, target)
         if self.class_weights is not None:
           pixel = pixel * jnp.where(target > 0, self.class_weights[1], self.class_weights[0])
@@ -74,18 +87,18 @@ class SegmentationTask:
     else:
       onehot = jax.nn.one_hot(mask, self.num_classes)
       probs = jax.nn.softmax(logits)
-      if 'ce' in self.loss_name:
+      if 'ce' in self.loss_terms:
         pixel = optax.softmax_cross_entropy(logits, onehot)
         if self.class_weights is not None:
           pixel = pixel * self.class_weights[mask]
         terms.append(pixel.mean(axis=(1, 2)))
       probs, onehot = probs[..., 1:], onehot[..., 1:]  # Dice over foreground classes
-    if 'dice' in self.loss_name:
-      inter = jnp.sum(probs * onehot, axis=(1, 2))
-      denom = jnp.sum(probs, axis=(1, 2)) + jnp.sum(onehot, axis=(1, 2))
-      terms.append(1.0 - jnp.mean((2 * inter + 1.0) / (denom + 1.0), axis=-1))
-    if not terms:
-      raise ValueError(f'Unknown loss {self.loss_name!r} (config key: loss).')
+    if 'dice' in self.loss_terms:
+      axes = (1, 2) if self.dice_over == 'image' else (0, 1, 2)
+      inter = jnp.sum(probs * onehot, axis=axes)
+      denom = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+      dice = 1.0 - jnp.mean((2 * inter + 1.0) / (denom + 1.0), axis=-1)
+      terms.append(jnp.broadcast_to(dice, mask.shape[:1]))  # batch: the same term per row
     return sum(terms)
 
   def _labels(self, logits):
