@@ -91,5 +91,6 @@ def smoke_segmentation(c):
   c.data.crop_size = 64
   c.model.features = (4, 8, 16)
   c.dtype = 'float32'
-  c.inference = dict(window=(128, 128), overlap=0.25, blend='gaussian', window_batch=8)
+  c.inference = dict(window=(128, 128), overlap=0.25, blend='gaussian', window_batch=8,
+                     tta='none')
   return c

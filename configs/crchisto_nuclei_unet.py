@@ -40,7 +40,8 @@ def get_config(arg=None):
   c.eval_every_epochs = c.ckpt_every_epochs = 1.0
   c.best_metric, c.best_mode = 'val/dice', 'max'
   c.detection_radius = 6.0
-  c.inference = dict(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8)
+  c.inference = dict(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8,
+                     tta='none')
   if arg.smoke:
     common.smoke_segmentation(c)
   return c

@@ -92,3 +92,31 @@ def sliding_window(predict_fn: Callable, image: np.ndarray,
   out /= norm
   top, left = pad_h // 2, pad_w // 2
   return out[top:top + height, left:left + width]
+
+
+TTA = {'none': 1, 'flips': 2, 'dihedral': 8}
+
+
+def _dihedral(x, t):
+  """Transform t of 0..7 on [H, W, ...]: a left-right flip when t >= 4, then t % 4 rot90s."""
+  return np.rot90(x[:, ::-1] if t >= 4 else x, t % 4)
+
+
+def _undo_dihedral(x, t):
+  x = np.rot90(x, -(t % 4))
+  return x[:, ::-1] if t >= 4 else x
+
+
+def with_tta(predict_image: Callable, image: np.ndarray, tta: str = 'none') -> np.ndarray:
+  """Test-time augmentation: the mean of predict_image(T(image)) mapped back by T⁻¹ over T in
+  the identity and the left-right flip ('flips') or all 8 flips/rotations ('dihedral').
+  H&E has no canonical orientation, so every T is a valid view of the same tissue."""
+  if tta not in TTA:
+    raise ValueError(f'Unknown test-time augmentation {tta!r} (config key: inference.tta); '
+                     f'expected one of {list(TTA)}.')
+  transforms = (0, 4) if tta == 'flips' else range(TTA[tta])
+  total = None
+  for t in transforms:
+    probs = _undo_dihedral(predict_image(np.ascontiguousarray(_dihedral(image, t))), t)
+    total = probs.copy() if total is None else total + probs
+  return total / len(transforms)

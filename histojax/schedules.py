@@ -49,7 +49,8 @@ def optimizer(config, steps_per_epoch, total_steps):
   else:
     raise ValueError(f'Unknown optimizer {o.name!r} (config key: optimizer.name).')
   freeze = config.get('freeze')
-  if freeze and freeze.get('steps'):
+  # Head-first is for transfer: freezing a randomly initialised body would only waste steps.
+  if freeze and freeze.get('steps') and config.get('init_from'):
     tx = head_first(tx, freeze.head, freeze.steps)
   return tx, lr
 

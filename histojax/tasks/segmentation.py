@@ -52,6 +52,7 @@ class SegmentationTask:
     self.overlap = config.inference.overlap
     self.blend = config.inference.blend
     self.window_batch = config.inference.window_batch
+    self.tta = config.inference.get('tta', 'none')
     self.ignore_empty = config.get('ignore_empty', True)
     self.object_metrics = bool(info.get('instance_masks'))
     # Predicted components smaller than this (px) are not objects (GlaS object metrics only).
@@ -130,10 +131,11 @@ class SegmentationTask:
   def predict_image(self, model, state, mesh, image):
     """Whole image → (probabilities [H, W, C], label map [H, W])."""
     predict = self._predictor(model, mesh)
-    probs = inference.sliding_window(
-        lambda w: predict(state, sharding.to_global(mesh, {'w': w})['w']), np.asarray(image),
+    one_view = functools.partial(
+        inference.sliding_window, lambda w: predict(state, sharding.to_global(mesh, {'w': w})['w']),
         window=self.window, overlap=self.overlap, window_batch=self.window_batch,
         blend=self.blend)
+    probs = inference.with_tta(one_view, np.asarray(image), self.tta)
     return probs, np.argmax(probs, -1).astype(np.int32)
 
   def evaluate(self, model, state, source, *, mesh, process_index=0, process_count=1):
@@ -227,6 +229,8 @@ class SegmentationTask:
   # -------------------------------------------------------------------------- report
   def report_sections(self, workdir, results, info):
     from histojax import report  # pylint: disable=g-import-not-at-top
+    tta = ('' if self.tta == 'none' else
+           f'; test-time augmentation "{self.tta}": probabilities averaged over the views')
     lines = ['## Metric definitions', '',
              '- `dice`, `iou` (pooled): TP/FP/FN summed over all pixels of all images of the '
              'part, then 2TP/(2TP+FP+FN) per class, averaged over foreground classes.',
@@ -234,7 +238,8 @@ class SegmentationTask:
              f'lacks a class are {"skipped" if self.ignore_empty else "scored 1 if the prediction is empty too, else 0"} '
              'for that class (MONAI ignore_empty).',
              '- Whole images are predicted by sliding window '
-             f'({self.window[0]}x{self.window[1]}, overlap {self.overlap}, {self.blend} blending).']
+             f'({self.window[0]}x{self.window[1]}, overlap {self.overlap}, {self.blend} blending'
+             f'{tta}).']
     if self.object_metrics:
       lines += ['- `object_f1`, `object_dice`, `object_hausdorff`: GlaS challenge object-level '
                 'metrics (area-weighted, pooled over the part). Predicted objects are connected '
