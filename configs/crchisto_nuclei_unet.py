@@ -22,6 +22,9 @@ def get_config(arg=None):
   c.dataset = 'crchisto_points'
   c.data.radius = 5.0
   c.data.types = bool(arg.types)
+  # Type maps: ~25% of detected nuclei have no type; scoring them as background would teach
+  # the model that nucleus-looking pixels are background.
+  c.data.ignore_untyped = bool(arg.types)
   # Optional class merge for the type map (rare 'others' folded into fibroblast/stroma).
   c.data.merge = dict(others='fibroblast') if arg.merge else None
   c.data.fractions = dict(train=0.7, val=0.1, test=0.2)

@@ -127,6 +127,11 @@ def test_type_map_classes_and_merge():
     derive.points_to_type_map(points[:1], ['tumour'], (11, 41), classes)
   with pytest.raises(paths.DataError, match='unknown class'):
     derive.merge_classes(classes, {'stroma': 'x'})
+  # Untyped nuclei: background by default, or an IGNORE disc that still claims its pixels.
+  ignored, _ = derive.points_to_type_map(points, [2, -1, None, 3], (11, 41), classes, radius=2,
+                                         untyped=derive.IGNORE)
+  assert [ignored[5, x] for x in (5, 15, 25, 35)] == [3, -1, -1, 4]
+  assert (ignored == -1).sum() == 2 * (tmap == 1).sum() and ignored[0, 15] == 0
 
 
 def test_crchisto_type_map_real():

@@ -63,6 +63,24 @@ def test_batch_dice_pools_classes_over_the_batch():
     _task(3, 'dice', dice_over='pixel')
 
 
+@pytest.mark.parametrize('num_classes,loss', [(2, 'bce+dice'), (3, 'ce+dice')])
+@pytest.mark.parametrize('dice_over', ['image', 'batch'])
+def test_ignored_pixels_do_not_change_the_loss(num_classes, loss, dice_over):
+  task = _task(num_classes, loss, dice_over=dice_over)
+  rng = np.random.default_rng(0)
+  mask = jnp.asarray(rng.integers(0, num_classes, (2, 8, 8)), jnp.int32).at[:, :3].set(-1)
+  logits = jnp.asarray(rng.normal(size=(2, 8, 8, task.out_channels)), jnp.float32)
+  other = logits.at[:, :3].set(100.0)  # anything at the ignored pixels
+  np.testing.assert_allclose(task.loss(logits, {'mask': mask}),
+                             task.loss(other, {'mask': mask}), rtol=1e-6)
+  # ... and the loss equals that of the valid rows alone.
+  np.testing.assert_allclose(task.loss(logits, {'mask': mask}),
+                             task.loss(logits[:, 3:], {'mask': mask[:, 3:]}), rtol=1e-5)
+  metrics = task.train_metrics(other, {'mask': mask}, task.loss(other, {'mask': mask}))
+  expected = np.mean(np.asarray(task._labels(other))[:, 3:] == np.asarray(mask)[:, 3:])
+  np.testing.assert_allclose(metrics['pixel_accuracy'], expected, rtol=1e-6)
+
+
 def test_object_min_size_is_chosen_on_val_and_applied_to_test():
   config = ml_collections.ConfigDict(dict(
       seed=0, loss='bce+dice', object_min_size=0, object_min_size_candidates=(4, 50, 400),

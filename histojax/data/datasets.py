@@ -134,6 +134,8 @@ def _points_seg(config):
   merge = config.data.get('merge')
   merge = dict(merge) if merge else None
   keep = config.data.get('classes')  # e.g. BreCaHAD's nuclear classes only
+  # Nuclei without a type: background (0), or IGNORE so the loss and pixel metrics skip them.
+  untyped = derive.IGNORE if types and config.data.get('ignore_untyped') else 0
   all_classes = classes
   classes = list(keep) if keep else classes
   _, merged = (derive.merge_classes(classes, merge) if types else (None, ['nucleus']))
@@ -151,7 +153,7 @@ def _points_seg(config):
         labels = np.array([keep.index(n) for n, c in zip(names, chosen) if c], np.int32)
       if types:
         mask, _ = derive.points_to_type_map(points, labels, image.shape[:2], classes, radius,
-                                            merge)
+                                            merge, untyped=untyped)
         _, index = derive.merge_classes(classes, merge)
         new = [index.get(classes[l]) if l >= 0 else None for l in labels]
         labels = np.array([-1 if n is None else n for n in new], np.int32)
@@ -163,7 +165,7 @@ def _points_seg(config):
 
   files = [r.image_path for r in records]
   stored, _ = store.prepare(config.dataset, _fingerprint(config, files, 'radius', 'types', 'merge',
-                                                      'classes'),
+                                                      'classes', 'ignore_untyped'),
                          ['examples'], generate,
                          {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32),
                           'points': ((None, 2), np.float32), 'point_labels': ((None,), np.int32)})
@@ -172,6 +174,9 @@ def _points_seg(config):
   names = ['background', *merged]
   notes = notes + [f'Masks: discs of radius {radius} px around annotated nuclei '
                    f'({"per-class type map" if types else "binary"}); split by image.']
+  if untyped:
+    notes.append('Nuclei without a type label are drawn as "ignore": they count in neither '
+                 'the loss nor the pixel metrics (only typed nuclei are scored).')
   info = {'num_classes': len(names), 'class_names': names, 'notes': notes,
           'instance_masks': False, 'points': True}
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)

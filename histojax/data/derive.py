@@ -202,15 +202,21 @@ def merge_classes(classes, merge=None) -> tuple[list[str], dict]:
   return merged, index
 
 
-def points_to_type_map(points, labels, shape, classes, radius: float = 4,
-                       merge=None) -> tuple[np.ndarray, list[str]]:
+IGNORE = -1  # mask value scored nowhere: not in the loss, not in pixel metrics
+
+
+def points_to_type_map(points, labels, shape, classes, radius: float = 4, merge=None,
+                       untyped: int = 0) -> tuple[np.ndarray, list[str]]:
   """Per-class type map: int32 [H, W], 0 background, classes 1..K (after merging).
 
-  labels: class names, or int indices into `classes`; -1 / None / '' mean unlabelled and the
-  point is not drawn (nor a class dropped by merge). Overlaps: nearest drawn centre wins, ties
-  to the lower index (see disc_owner). Returns (type map, merged class names; map value
-  k + 1 is merged class k).
+  labels: class names, or int indices into `classes`; -1 / None / '' mean unlabelled. An
+  unlabelled point is not drawn (untyped=0: its nucleus reads as background) or drawn with
+  the value IGNORE (untyped=IGNORE: a nucleus of unknown type, scored nowhere). A class
+  dropped by merge is not drawn. Overlaps: nearest drawn centre wins, ties to the lower index
+  (see disc_owner). Returns (type map, merged class names; map value k + 1 is merged class k).
   """
+  if untyped not in (0, IGNORE):
+    raise ValueError(f'untyped must be 0 or IGNORE ({IGNORE}), got {untyped}.')
   classes = list(classes)
   merged, index = merge_classes(classes, merge)
   pts = np.reshape(np.asarray(points, np.float64), (-1, 2))
@@ -219,7 +225,9 @@ def points_to_type_map(points, labels, shape, classes, radius: float = 4,
     raise ValueError(f'{len(pts)} points but {len(labels)} labels.')
   values = np.zeros(len(pts), np.int32)  # 0: not drawn
   for i, label in enumerate(labels):
-    if label is None or (isinstance(label, str) and not label):
+    if label is None or (isinstance(label, str) and not label) or (
+        not isinstance(label, str) and int(label) < 0):
+      values[i] = untyped
       continue
     if isinstance(label, str):
       if label not in index:
@@ -227,8 +235,6 @@ def points_to_type_map(points, labels, shape, classes, radius: float = 4,
       k = index[label]
     else:
       label = int(label)
-      if label < 0:
-        continue
       if label >= len(classes):
         raise paths.DataError(f'Class index {label} out of range for {len(classes)} classes.')
       k = index[classes[label]]

@@ -74,6 +74,9 @@ class SegmentationTask:
   def loss(self, logits, batch):
     """Per-example loss [B]: BCE / CE, soft Dice, or their sum (config.loss)."""
     mask = batch['mask']
+    valid = (mask >= 0).astype(jnp.float32)  # IGNORE (-1) pixels count nowhere
+    pixel_mean = lambda x: jnp.sum(x * valid, axis=(1, 2)) / jnp.maximum(
+        jnp.sum(valid, axis=(1, 2)), 1.0)
     terms = []
     if self.binary:
       target = (mask > 0).astype(jnp.float32)
@@ -83,18 +86,19 @@ class SegmentationTask:
         pixel = optax.sigmoid_binary_cross_entropy(logit, target)
         if self.class_weights is not None:
           pixel = pixel * jnp.where(target > 0, self.class_weights[1], self.class_weights[0])
-        terms.append(pixel.mean(axis=(1, 2)))
+        terms.append(pixel_mean(pixel))
       probs, onehot = prob[..., None], target[..., None]
     else:
-      onehot = jax.nn.one_hot(mask, self.num_classes)
+      onehot = jax.nn.one_hot(mask, self.num_classes)  # all zeros where IGNORE
       probs = jax.nn.softmax(logits)
       if 'ce' in self.loss_terms:
         pixel = optax.softmax_cross_entropy(logits, onehot)
         if self.class_weights is not None:
-          pixel = pixel * self.class_weights[mask]
-        terms.append(pixel.mean(axis=(1, 2)))
+          pixel = pixel * self.class_weights[jnp.maximum(mask, 0)]
+        terms.append(pixel_mean(pixel))
       probs, onehot = probs[..., 1:], onehot[..., 1:]  # Dice over foreground classes
     if 'dice' in self.loss_terms:
+      probs = probs * valid[..., None]
       axes = (1, 2) if self.dice_over == 'image' else (0, 1, 2)
       inter = jnp.sum(probs * onehot, axis=axes)
       denom = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
@@ -107,9 +111,11 @@ class SegmentationTask:
 
   def train_metrics(self, logits, batch, loss):
     pred, true = self._labels(logits), batch['mask']
-    fg_pred, fg_true = pred > 0, true > 0
+    valid = true >= 0
+    fg_pred, fg_true = (pred > 0) & valid, true > 0
     inter = jnp.sum(fg_pred & fg_true)
-    return {'loss': jnp.mean(loss), 'pixel_accuracy': jnp.mean(pred == true),
+    return {'loss': jnp.mean(loss),
+            'pixel_accuracy': jnp.sum((pred == true) & valid) / jnp.maximum(jnp.sum(valid), 1),
             'dice': 2 * inter / jnp.maximum(jnp.sum(fg_pred) + jnp.sum(fg_true), 1)}
 
   # ---------------------------------------------------------------------- evaluation
