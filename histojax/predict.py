@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
+import tqdm
 
 from histojax import checkpoint, models, sharding, tasks
 
@@ -80,8 +81,10 @@ def run(workdir, input_path, output_dir):
                              sharding.replicated(mesh))
   shape = info['input_shape']  # one training example's image shape (H, W, C)
   skipped = []
+  progress = tqdm.tqdm(total=len(files), desc='predict', unit='image')
   if config.task == 'segmentation':
-    for i, path in enumerate(files, 1):
+    for path in files:
+      progress.update()
       try:
         image = _read(path, 3)
       except (OSError, ValueError) as e:
@@ -94,7 +97,6 @@ def run(workdir, input_path, output_dir):
       overlay = image.copy()
       overlay[labels > 0] = (0.5 * overlay[labels > 0] + [127, 0, 0]).astype(np.uint8)
       Image.fromarray(overlay).save(output_dir / f'{path.stem}_overlay.png')
-      logging.info('[%d/%d] %s', i, len(files), path.name)
   else:
     @jax.jit
     def probabilities(variables, images):
@@ -112,6 +114,7 @@ def run(workdir, input_path, output_dir):
       for start in range(0, len(files), batch):
         chunk, images = [], []
         for path in files[start:start + batch]:
+          progress.update()
           try:
             images.append(_read(path, shape[-1], shape[:2]))
             chunk.append(path)
@@ -126,7 +129,7 @@ def run(workdir, input_path, output_dir):
         for path, row in zip(chunk, p):
           writer.writerow([path.name, names[int(np.argmax(row))], *[f'{v:.6f}' for v in row]])
         f.flush()  # a crash later keeps every row written so far
-        logging.info('[%d/%d] predicted', min(start + batch, len(files)), len(files))
+  progress.close()
   logging.info('Predicted %d of %d inputs into %s; skipped %d.', len(files) - len(skipped),
                len(files), output_dir, len(skipped))
   return skipped
