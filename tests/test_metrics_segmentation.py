@@ -300,3 +300,24 @@ def test_typed_detection_and_accumulation():
   assert (total['tp'], total['fp'], total['fn'], total['n_images']) == (3, 0, 1, 2)
   assert total['f1'] == pytest.approx(6 / 7)  # from summed counts, not a mean of F1s
   np.testing.assert_array_equal(total['class_tp'], [2, 0])
+
+
+def test_hausdorff_of_merged_blobs_and_rings_matches_brute_force():
+  """Large objects take the distance-transform path, small ones the KD-tree path."""
+  gt = _box((60, 70), (5, 20, 5, 25), (5, 20, 35, 60), (40, 55, 10, 30), (45, 47, 60, 62))
+  merged = (gt > 0).astype(np.int32)
+  merged[10:14, 25:35] = 1  # a bridge merges the first two glands
+  merged[40:55, 10:30] = 2
+  merged[46, 20] = 0        # a one-pixel hole
+  merged[30, 65] = 3        # a far speckle
+  merged = objects.label_objects(merged > 0)
+  m = objects.glas_object_metrics([(merged, gt)])
+  assert m['object_hausdorff'] == pytest.approx(_reference_object_hausdorff(merged, gt))
+  ring = np.zeros((40, 40), np.int32)
+  ring[5:35, 5:35] = 1
+  ring[12:28, 12:28] = 0
+  inner = np.zeros((40, 40), np.int32)
+  inner[15:25, 15:25] = 1
+  m = objects.glas_object_metrics([(ring, inner), (inner, ring)])
+  reference = _reference_object_hausdorff(ring, inner)
+  assert m['per_image']['object_hausdorff'][0] == pytest.approx(reference)

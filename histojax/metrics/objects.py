@@ -110,11 +110,20 @@ class _Objects:
 
 
 def _directed(a, j, b, i):
-  """max over pixels p of object j of `a` of the distance from p to object i of `b`."""
+  """max over pixels p of object j of `a` of the distance from p to object i of `b`.
+
+  Every pixel of j is checked, not only its boundary: its farthest pixel can be interior (an
+  object inside a hole of the other). Large j (a merged blob): one exact Euclidean distance
+  transform of the box around both, which is much cheaper than a KD-tree query per pixel.
+  """
   pts = a.coords(j)
+  lo, hi = np.minimum(a.lo[j], b.lo[i]), np.maximum(a.hi[j], b.hi[i]) + 1
+  if len(pts) * 16 > np.prod(hi - lo):
+    box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    # The box holds all of object i, so its nearest pixel to any box pixel is in the box.
+    distance = ndimage.distance_transform_edt(b.labels[box] != i + 1)
+    return float(distance[a.labels[box] == j + 1].max())
   outside = pts[b.labels[tuple(pts.T)] != i + 1]
-  # Every pixel is checked, not only a's boundary: a's farthest pixel can be interior (an
-  # object inside a hole of the other).
   return float(b.tree(i).query(outside)[0].max()) if len(outside) else 0.0
 
 
