@@ -49,7 +49,7 @@ def get_config(arg=None):
   # Speckle removal before the GlaS object metrics: the final report drops predicted components
   # smaller than the candidate with the best val object F1 (0 = keep all). Pixel Dice: raw mask.
   c.object_min_size = 0
-  c.object_min_size_candidates = (0, 50, 100, 200, 400, 800, 1600)
+  c.object_min_size_candidates = (0, 50, 100, 200, 400, 800, 1600, 3200)
   if arg.smoke:
     common.smoke_segmentation(c)
   return c
