@@ -3,7 +3,8 @@
   python launch.py --mode=predict --workdir=W --input=IMAGE|FOLDER|CSV --output=DIR
 
 Segmentation: DIR/<stem>_mask.png (label values; binary masks as 0/255) and
-DIR/<stem>_overlay.png for every image, any size (sliding window).
+DIR/<stem>_overlay.png for every image, any size (sliding window, the run's test-time
+augmentation, and the post-processing its final report chose on val: W/postprocess.json).
 Classification: DIR/predictions.csv with `filename,label` and one probability column per class
 (the seed's Kaggle submission format). A CSV input lists images in its first column (header
 `filename` or none), relative to the CSV's folder.
@@ -83,6 +84,10 @@ def run(workdir, input_path, output_dir):
   skipped = []
   progress = tqdm.tqdm(total=len(files), desc='predict', unit='image')
   if config.task == 'segmentation':
+    settings_file = workdir / 'postprocess.json'
+    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    if settings:
+      logging.info('Post-processing chosen on val (%s): %s', settings_file, settings)
     for path in files:
       progress.update()
       try:
@@ -92,6 +97,7 @@ def run(workdir, input_path, output_dir):
         logging.warning('Skipping unreadable input %s: %s', path, e)
         continue
       _, labels = task.predict_image(model, variables, mesh, image)
+      labels = task.postprocess_labels(labels, settings)
       scale = 255 if task.binary else 1
       Image.fromarray((labels * scale).astype(np.uint8)).save(output_dir / f'{path.stem}_mask.png')
       overlay = image.copy()

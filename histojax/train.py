@@ -275,6 +275,8 @@ def train_and_evaluate(config, workdir, mode='train'):
   results = {'val': evaluate(state, splits.val)}
   if hasattr(task, 'select_on_val'):  # post-processing tuned on val only, before any test
     results['val'] = task.select_on_val(results['val'])
+    if is_main:  # --mode=predict applies the same post-processing
+      (workdir / 'postprocess.json').write_text(json.dumps(task.postprocess_settings()))
   writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'][0].items()})
   for part, source in splits.tests.items():
     results[part] = evaluate(state, source)

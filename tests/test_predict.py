@@ -1,5 +1,6 @@
 """--mode=predict on new images: masks + overlays (segmentation), predictions.csv (classes)."""
 import csv
+import json
 import subprocess
 
 import numpy as np
@@ -34,6 +35,12 @@ def test_segmentation_predict_any_size_and_skips_bad_files(tmp_path):
     mask = np.asarray(Image.open(out / f'{stem}_mask.png'))
     assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}
     assert np.asarray(Image.open(out / f'{stem}_overlay.png')).shape == shape + (3,)
+  # The final report saved its val-chosen post-processing; predict applies it.
+  settings = json.loads((tmp_path / 'w' / 'postprocess.json').read_text())
+  assert settings['object_min_size'] in warwick_unet.get_config().object_min_size_candidates
+  (tmp_path / 'w' / 'postprocess.json').write_text(json.dumps({'object_min_size': 10**9}))
+  _predict(tmp_path / 'w', images, tmp_path / 'out2')
+  assert not np.asarray(Image.open(tmp_path / 'out2' / 'a_mask.png')).any()
 
 
 def test_classification_predict_writes_submission_csv(tmp_path):

@@ -214,6 +214,16 @@ class SegmentationTask:
         f'{", ".join(f"{m}: {v:.3f}" for m, v in f1.items())}). Pixel metrics use the raw mask.')
     return self._scalars(details), details
 
+  def postprocess_settings(self):
+    return {'object_min_size': self.object_min_size} if self.object_metrics else {}
+
+  def postprocess_labels(self, labels, settings):
+    """--mode=predict: the post-processing chosen on val (GlaS: drop small components)."""
+    min_size = settings.get('object_min_size', 0) if self.object_metrics else 0
+    if not min_size:
+      return labels
+    return np.where(objects.label_objects(labels > 0, min_size=min_size) > 0, labels, 0)
+
   def tensorboard_images(self, details, n=2):
     """image | ground truth | prediction strips of the first validation images."""
     out = {}
