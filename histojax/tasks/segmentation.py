@@ -247,12 +247,13 @@ class SegmentationTask:
     from histojax import report  # pylint: disable=g-import-not-at-top
     tta = ('' if self.tta == 'none' else
            f'; test-time augmentation "{self.tta}": probabilities averaged over the views')
+    empty_rule = ('skipped' if self.ignore_empty else
+                  'scored 1 if the prediction is empty too, else 0')
     lines = ['## Metric definitions', '',
              '- `dice`, `iou` (pooled): TP/FP/FN summed over all pixels of all images of the '
              'part, then 2TP/(2TP+FP+FN) per class, averaged over foreground classes.',
              '- `*_image`: per image, then averaged over images; images whose ground truth '
-             f'lacks a class are {"skipped" if self.ignore_empty else "scored 1 if the prediction is empty too, else 0"} '
-             'for that class (MONAI ignore_empty).',
+             f'lacks a class are {empty_rule} for that class (MONAI ignore_empty).',
              '- Whole images are predicted by sliding window '
              f'({self.window[0]}x{self.window[1]}, overlap {self.overlap}, {self.blend} blending'
              f'{tta}).']

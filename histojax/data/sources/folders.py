@@ -181,7 +181,8 @@ def _resolve(image_dir: pathlib.Path, filename: str, csv_path) -> pathlib.Path:
 
 
 def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = False,
-               skip_bad: bool = False, channels: int = 3) -> tuple[common.RecordList, common.RecordList, list[str]]:
+               skip_bad: bool = False, channels: int = 3
+               ) -> tuple[common.RecordList, common.RecordList, list[str]]:
   """A `filename,label` CSV + image folder -> (labelled records, test records, class names).
 
   Filenames may omit the extension. Labels are class names (sorted into indices, or checked
