@@ -68,6 +68,13 @@ def test_bias_check_fires_on_dominance_alone_and_on_accuracy_alone():
   assert not ok and 'class prior' in message and 'predicts class' not in message
 
 
+def test_bias_check_fires_when_balanced_accuracy_is_near_chance():
+  # Accuracy 0.54 beats the 0.50 baseline by more than 0.02, and no class dominates
+  # (74% of predictions), but the mean per-class recall is 0.54: barely above chance.
+  ok, message = cm.bias_check(cm.from_confusion([[30, 70], [22, 78]]))
+  assert not ok and 'balanced accuracy 0.54 is within 0.05 of chance (0.50)' in message
+
+
 def test_bias_check_passes_a_good_model():
   m = cm.from_confusion([[55, 5], [6, 34]])
   ok, message = cm.bias_check(m, class_names=['benign', 'malignant'])

@@ -66,11 +66,12 @@ def _name(class_names, i):
   return repr(str(class_names[i])) if class_names is not None else f'class {i}'
 
 
-def bias_check(metrics, margin=0.02, class_names=None, dominance=0.95):
+def bias_check(metrics, margin=0.02, class_names=None, dominance=0.95, chance_margin=0.05):
   """(ok, message): does the model do better than predicting the class prior?
 
-  Fails when accuracy does not beat the majority-class baseline by `margin`, or when one
-  class takes at least `dominance` of all predictions.
+  Fails when accuracy does not beat the majority-class baseline by `margin`, when one class
+  takes at least `dominance` of all predictions, or when balanced accuracy (mean per-class
+  recall) is within `chance_margin` of chance (1 / number of classes present).
   """
   if not metrics['count']:
     return False, 'WARNING: no examples were evaluated.'
@@ -89,6 +90,12 @@ def bias_check(metrics, margin=0.02, class_names=None, dominance=0.95):
   if share >= dominance:
     return False, ('WARNING: ' + '; '.join(problems) + ' — it nearly always predicts one '
                    'class; check the recall of the other classes.')
+  present = int(np.sum(np.asarray(metrics['support']) > 0))
+  chance, balanced = 1.0 / max(present, 1), metrics['balanced_accuracy']
+  if present > 1 and balanced < chance + chance_margin:
+    return False, (f'WARNING: {vs}, but balanced accuracy {balanced:.2f} is within '
+                   f'{chance_margin:.2f} of chance ({chance:.2f}): averaged over classes it '
+                   'barely beats guessing.')
   return True, (f'OK: {vs}; the most frequent prediction, {_name(class_names, top)}, '
                 f'covers {share:.0%} of examples.')
 
