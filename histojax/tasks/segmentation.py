@@ -155,8 +155,9 @@ class SegmentationTask:
                              sharding.replicated(mesh))
     pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
                                              ignore_empty=self.ignore_empty)
-    glas = ({m: objects.GlaSMetrics() for m in self.min_size_candidates}
-            if self.object_metrics else None)
+    glas = objects.GlaSMetrics() if self.object_metrics else None
+    # Kept for select_on_val, so that only the final report scores every candidate size.
+    object_pairs = [] if glas is not None and len(self.min_size_candidates) > 1 else None
     detection = objects.DetectionMetrics() if self.detection else None
     panels = []
     for i in range(len(source)):
@@ -166,8 +167,9 @@ class SegmentationTask:
       true = (gt > 0).astype(np.int32) if self.binary else gt
       pixels.update(seg_metrics.pixel_stats(pred[None], true[None], None, self.num_classes))
       if glas is not None:
-        for min_size, metrics in glas.items():
-          metrics.update(objects.label_objects(pred > 0, min_size=min_size), gt)
+        glas.update(objects.label_objects(pred > 0, min_size=self.object_min_size), gt)
+        if object_pairs is not None:
+          object_pairs.append((pred > 0, gt.astype(np.min_scalar_type(gt.max(initial=0)))))
       if detection is not None:
         points = np.asarray(example['points'])[:, ::-1]  # (x, y) → (row, col)
         labels = np.asarray(example['point_labels']) + 1
@@ -180,7 +182,8 @@ class SegmentationTask:
                                                    self.num_classes, self.detection_radius))
       if len(panels) < self.panels:
         panels.append((np.asarray(example['image']), true, pred))
-    details = {'pixels': pixels, 'glas': glas, 'detection': detection, 'panels': panels}
+    details = {'pixels': pixels, 'glas': glas, 'object_pairs': object_pairs,
+               'detection': detection, 'panels': panels}
     return self._scalars(details), details
 
   def _scalars(self, details):
@@ -190,7 +193,7 @@ class SegmentationTask:
     out['dice'] = out['mean_dice']  # the headline: pooled foreground Dice (val/dice)
     out['count'] = computed['n_images']
     if details['glas'] is not None:
-      g = details['glas'][self.object_min_size].compute()
+      g = details['glas'].compute()
       out.update({f'object_{k}': g[k] for k in ('f1', 'precision', 'recall')})
       out['object_dice'], out['object_hausdorff'] = g['object_dice'], g['object_hausdorff']
     if details['detection'] is not None:
@@ -203,11 +206,17 @@ class SegmentationTask:
   def select_on_val(self, val_result):
     """Chooses object_min_size among the candidates by val object F1 (ties: the smaller), for
     the test parts scored after it; returns the val result rescored with it."""
-    scalars, details = val_result
-    if details['glas'] is None or len(self.min_size_candidates) < 2:
+    _, details = val_result
+    if not details.get('object_pairs'):
       return val_result
-    f1 = {m: g.compute()['f1'] for m, g in details['glas'].items()}
+    by_size = {}
+    for min_size in self.min_size_candidates:
+      by_size[min_size] = objects.GlaSMetrics()
+      for pred, gt in details['object_pairs']:
+        by_size[min_size].update(objects.label_objects(pred, min_size=min_size), gt)
+    f1 = {m: g.compute()['f1'] for m, g in by_size.items()}
     self.object_min_size = max(f1, key=lambda m: (f1[m], -m))
+    details = dict(details, glas=by_size[self.object_min_size])
     self.min_size_note = (
         f'Object post-processing chosen on val: predicted components < {self.object_min_size} '
         f'px dropped before the object metrics (val object F1 by candidate: '
