@@ -25,6 +25,14 @@ def parse_arg(arg, **defaults):
   return parsed
 
 
+def set_folds(c, arg):
+  """Config arguments `folds=K,fold=I`: group k-fold cross-validation, this run tests fold I."""
+  c.data.folds, c.data.fold = arg.folds, arg.fold
+  if arg.folds and not 0 <= arg.fold < arg.folds:
+    raise ValueError(f'Config argument fold={arg.fold} must be in 0..folds-1={arg.folds - 1}.')
+  return c
+
+
 def base_config():
   """Defaults shared by all tasks; task configs override what they need."""
   c = ml_collections.ConfigDict()
@@ -61,6 +69,10 @@ def base_config():
   c.data.max_source_images = placeholder(int)
   c.data.root = placeholder(str)   # bring-your-own data folder
   c.data.tfds_data_dir = placeholder(str)
+  # Group k-fold cross-validation for datasets split by data.fractions: the test split is fold
+  # `fold` of `folds` group-disjoint folds (0 = off); `python -m histojax.folds` summarises.
+  c.data.folds = 0
+  c.data.fold = 0
   c.model = ml_collections.ConfigDict()
   c.mesh = [('data', -1)]
   c.distributed = False            # call jax.distributed.initialize() (multi-host)

@@ -35,7 +35,8 @@ def use_label_csv(c, csv, images, gray):
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, smoke=False, bf16=False, csv='', images='', gray=False)
+  arg = common.parse_arg(arg, smoke=False, bf16=False, csv='', images='', gray=False,
+                         folds=0, fold=0)
   c = common.base_config()
   c.task, c.dataset = 'classification', 'crchisto_patches'
   c.data.patch_size = 100
@@ -46,6 +47,7 @@ def get_config(arg=None):
   c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
   if arg.csv:
     use_label_csv(c, arg.csv, arg.images, arg.gray)
+  common.set_folds(c, arg)
   c.model = dict(name='cnn', features=(32, 32, 64, 64, 128, 128), pool_after=(1, 3, 5),
                  dense=256, dropout=0.5, batch_norm=True, pooling='gap')
   c.l2_kernel, c.l2_bias = 1e-5, 1e-6

@@ -21,10 +21,11 @@ from configs import common, nuclei_cnn
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False, imagenet=False, fp32=False, csv='', images='',
-                         gray=False)
+                         gray=False, folds=0, fold=0)
   c = nuclei_cnn.get_config('smoke' if arg.smoke else None)
   if arg.csv:
     nuclei_cnn.use_label_csv(c, arg.csv, arg.images, arg.gray)
+  common.set_folds(c, arg)
   c.model = dict(name='resnet18', stem='imagenet' if arg.imagenet else 'small')
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'
   c.l2_kernel, c.l2_bias = 0.0, 0.0

@@ -7,6 +7,9 @@ Seed's layout (folders A, B, C, D under DIR, one image per file):
           python launch.py --config=configs/patches_cnn.py:root=DIR,classes=A+B --workdir=W1
           python launch.py --config=configs/patches_cnn.py:root=DIR,classes=C+D --workdir=W2
 Smoke:    python launch.py --config=configs/patches_cnn.py:smoke --workdir=/tmp/p
+By patient, 4-fold cross-validation (one test split holds only ~3 of GlaS's 16 patients):
+          for i in 0 1 2 3; do python launch.py --config=configs/patches_cnn.py:folds=4,fold=$i \
+            --workdir=W/fold$i; done; python -m histojax.folds W/fold0 W/fold1 W/fold2 W/fold3
 
 Tiles with < 50% tissue (Otsu on saturation) are dropped; tiles of one image (GlaS: one
 patient) never straddle train/val/test. The report compares accuracy with the majority-class
@@ -18,7 +21,8 @@ from configs import common, nuclei_cnn
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, smoke=False, root='', classes='', leaky=False)
+  arg = common.parse_arg(arg, smoke=False, root='', classes='', leaky=False,
+                         folds=0, fold=0)
   c = nuclei_cnn.get_config('smoke' if arg.smoke else None)
   if arg.root:
     c.dataset = 'folder_tiles'
@@ -30,6 +34,7 @@ def get_config(arg=None):
     c.data.fractions = dict(train=0.6, val=0.2, test=0.2)  # 16 patients: whole patients
   c.data.tile_size, c.data.tile_stride, c.data.min_tissue = 100, 100, 0.5
   c.data.allow_leakage = bool(arg.leaky)  # tile-level random split: warns, for comparison
+  common.set_folds(c, arg)
   c.best_metric = 'val/balanced_accuracy'
   c.total_epochs = 20
   if arg.smoke:

@@ -175,6 +175,42 @@ def test_group_split_disjoint_deterministic_stratified():
     splits.check_disjoint({'train': [0], 'test': [1]}, ['a', 'a'])
 
 
+def test_group_kfold_tests_every_group_once():
+  rng = np.random.default_rng(1)
+  groups = np.repeat([f'patient{i}' for i in range(16)], rng.integers(20, 300, 16))
+  labels = np.array([int(g[7:]) % 3 == 0 for g in groups], np.int64)
+  fractions = {'train': 0.6, 'val': 0.2, 'test': 0.2}
+  tested = []
+  for fold in range(4):
+    split = splits.group_kfold(groups, labels, folds=4, fold=fold, fractions=fractions, seed=0)
+    splits.check_disjoint(split, groups)
+    assert np.array_equal(np.sort(np.concatenate(list(split.values()))), np.arange(len(groups)))
+    assert len(split['val']) > 0 and len(split['train']) > len(split['val'])
+    # val : train over the non-test items follows 0.2 : 0.6 as closely as whole groups allow
+    assert abs(len(split['val']) / (len(split['val']) + len(split['train'])) - 0.25) < 0.1
+    tested.append(set(groups[split['test']]))
+    again = splits.group_kfold(groups, labels, 4, fold, fractions, seed=0)
+    assert all(np.array_equal(split[k], again[k]) for k in split)
+  assert all(not a & b for i, a in enumerate(tested) for b in tested[i + 1:])
+  assert set().union(*tested) == set(groups)  # every patient tested exactly once
+  with pytest.raises(ValueError, match='data.folds, data.fold'):
+    splits.group_kfold(groups, labels, folds=4, fold=4)
+
+
+def test_kfold_config_arguments_and_refusals():
+  import importlib
+  patches = importlib.import_module('configs.patches_cnn')
+  c = patches.get_config('folds=4,fold=3')
+  assert (c.data.folds, c.data.fold) == (4, 3)
+  with pytest.raises(ValueError, match='fold=4'):
+    patches.get_config('folds=4,fold=4')
+  from histojax.data import pipeline
+  warwick = importlib.import_module('configs.warwick_unet').get_config('smoke')
+  warwick.data.folds = 4
+  with pytest.raises(ValueError, match='data.folds: dataset glas'):
+    pipeline.get_splits(warwick)
+
+
 def test_group_keys_prefer_patient():
   assert splits.group_keys(['im1', 'im2'], ['7', None]) == ['patient:7', 'image:im2']
 

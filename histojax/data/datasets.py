@@ -15,7 +15,8 @@ once as tfds array_record datasets (store.py).
 |                  | Kaggle nuclei layout; RGB or grayscale)               |                 |
 
 GlaS keeps its official testA/testB; everything else carves train/val/test with
-`config.data.fractions`. Validation always comes from training images, never test.
+`config.data.fractions`, or, with `config.data.folds=K`, tests fold `data.fold` of K
+group-disjoint folds (splits.group_kfold). Validation always comes from training images.
 """
 import logging
 
@@ -73,7 +74,18 @@ def _fingerprint(config, files, *keys):
 
 def _split_by_group(stored, groups, labels, config, notes, cache_train=False):
   """Group-aware train/val/test over one stored split; a leaky split only on request."""
-  if config.data.get('allow_leakage'):
+  folds = config.data.get('folds') or 0
+  if folds and config.data.get('allow_leakage'):
+    raise ValueError('data.folds (group cross-validation) and data.allow_leakage exclude '
+                     'each other.')
+  if folds:
+    fold = config.data.get('fold') or 0
+    split = splits.group_kfold(groups, labels, folds, fold, _fractions(config), config.seed)
+    splits.check_disjoint(split, groups)
+    notes.append(f'Cross-validation: the test split is fold {fold} of {folds} group-disjoint '
+                 f'folds ({len(set(groups))} groups); validation comes from the other folds. '
+                 'Summarise the k runs with `python -m histojax.folds W_0 ... W_k-1`.')
+  elif config.data.get('allow_leakage'):
     split, note = splits.random_split(len(groups), _fractions(config), config.seed,
                                       allow_leakage=True)
     notes.append(note)
@@ -321,6 +333,9 @@ def get_splits(config) -> pipeline.Splits:
   if config.dataset not in BUILDERS:
     raise paths.DataError(f'Unknown dataset {config.dataset!r} (config key: dataset); known: '
                           f'mnist, {", ".join(BUILDERS)}.')
+  if config.data.get('folds') and config.dataset == 'glas':
+    raise ValueError('data.folds: dataset glas keeps its official testA/testB; group '
+                     'cross-validation is for the datasets split by config.data.fractions.')
   result = BUILDERS[config.dataset](config)
   logging.info('%s: train %d, val %d, %s', config.dataset, len(result.train), len(result.val),
                ', '.join(f'{k} {len(v)}' for k, v in result.tests.items()))

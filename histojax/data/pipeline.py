@@ -50,6 +50,9 @@ def _subset(source, n):
 def get_splits(config) -> Splits:
   """Builds train/val/test sources for `config.dataset`."""
   if config.dataset == 'mnist':
+    if config.data.get('folds'):
+      raise ValueError('data.folds: mnist keeps its official test set; group cross-validation '
+                       'is for the datasets split by config.data.fractions.')
     from histojax.data.sources import mnist  # pylint: disable=g-import-not-at-top
     tfds_dir = config.data.get('tfds_data_dir')
     load = (lambda s: mnist.load_tfds(s, tfds_dir)) if tfds_dir else mnist.load

@@ -81,6 +81,31 @@ def group_split(groups, labels=None, fractions=None, seed: int = 0,
           for n in names}
 
 
+def group_kfold(groups, labels=None, folds: int = 5, fold: int = 0, fractions=None,
+                seed: int = 0) -> dict[str, np.ndarray]:
+  """Group k-fold cross-validation: test = fold `fold` of `folds` group-disjoint folds.
+
+  The folds are one group_split into `folds` equal parts (stratified like group_split), so
+  every fold index with the same inputs and seed sees the same folds and each group is tested
+  exactly once over the k runs. Validation is carved, again by group, from the other folds in
+  the ratio fractions['val'] : fractions['train'] (default 0.7/0.15/0.15 -> 15/85).
+  Returns {'train', 'val', 'test': sorted int64 item indices}.
+  """
+  if folds < 2 or not 0 <= fold < folds:
+    raise ValueError(f'Cross-validation needs folds >= 2 and 0 <= fold < folds (config keys '
+                     f'data.folds, data.fold); got folds={folds}, fold={fold}.')
+  groups = list(groups)
+  parts = group_split(groups, labels, {f'fold{k}': 1 / folds for k in range(folds)}, seed)
+  test = parts[f'fold{fold}']
+  rest = np.setdiff1d(np.arange(len(groups)), test)
+  fractions = _fractions(fractions)
+  val = fractions.get('val', 0.0) / max(fractions.get('val', 0.0) + fractions['train'], 1e-12)
+  inner = group_split([groups[i] for i in rest],
+                      None if labels is None else [list(labels)[i] for i in rest],
+                      {'train': 1 - val, 'val': val}, seed)
+  return {'train': rest[inner['train']], 'val': rest[inner['val']], 'test': test}
+
+
 def _assign(strata, members, fractions, rng):
   """One greedy pass: groups in a random order, each to the split furthest below its target
   (per stratum). Returns ({name: [group keys]}, squared relative error vs the targets)."""

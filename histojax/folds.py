@@ -1,0 +1,109 @@
+r"""Summarises a group k-fold cross-validation: one workdir per fold -> mean ± std per metric.
+
+  for i in 0 1 2 3; do
+    python launch.py --config=configs/patches_cnn.py:folds=4,fold=$i --workdir=W/fold$i
+  done
+  python -m histojax.folds W/fold0 W/fold1 W/fold2 W/fold3 [--metrics=accuracy,macro_f1]
+         [--out=W/cv.md]
+
+Reads each workdir's final test metrics (the last `test/*` values in metrics.jsonl, i.e. the
+best checkpoint's) and config.json, checks that the runs are the folds 0..k-1 of one k-fold
+split, and prints a markdown table: one row per fold, then the mean and the sample standard
+deviation over folds (each fold weighs the same; every group is tested in exactly one fold).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+DEFAULT_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1',
+                   'majority_baseline', 'dice', 'mean_iou', 'detection_f1', 'count')
+
+
+def final_metrics(workdir: str, part: str = 'test') -> dict[str, float]:
+  """The last value of every `<part>/<name>` key in W/metrics.jsonl, as {name: value}."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no metrics.jsonl (has this fold finished training?)')
+  found = {}
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{n}: not a JSON line ({e}).') from e
+      found.update({k[len(part) + 1:]: v for k, v in row.items() if k.startswith(part + '/')})
+  if not found:
+    raise ValueError(f'{path}: no {part}/* metrics; the final report of this run is missing '
+                     f'(re-run `launch.py --mode=eval --workdir={workdir}`).')
+  return found
+
+
+def fold_of(workdir: str) -> tuple[int, int]:
+  """(folds, fold) from W/config.json."""
+  path = os.path.join(workdir, 'config.json')
+  with open(path) as f:
+    data = json.load(f).get('data', {})
+  folds, fold = int(data.get('folds') or 0), int(data.get('fold') or 0)
+  if folds < 2:
+    raise ValueError(f'{path}: data.folds is {folds}; this run is not a cross-validation fold.')
+  return folds, fold
+
+
+def summarise(workdirs, metrics=None) -> str:
+  """Markdown table over the fold workdirs; raises if they are not one complete k-fold."""
+  runs = sorted(((fold_of(w), w) for w in workdirs), key=lambda r: r[0][1])
+  k = {folds for (folds, _), _ in runs}
+  if len(k) != 1:
+    raise ValueError(f'The workdirs mix cross-validations with different data.folds: {k}.')
+  k = k.pop()
+  seen = [fold for (_, fold), _ in runs]
+  if sorted(seen) != list(range(k)):
+    raise ValueError(f'Expected the folds 0..{k - 1} of a {k}-fold split once each, got {seen}.')
+  values = [final_metrics(w) for _, w in runs]
+  names = [m for m in (metrics or DEFAULT_METRICS) if all(
+      isinstance(v.get(m), (int, float)) for v in values)]
+  if not names:
+    raise ValueError(f'None of the metrics {list(metrics or DEFAULT_METRICS)} is in every fold; '
+                     f'available: {sorted(values[0])}.')
+  lines = [f'{k}-fold group cross-validation, final test metrics of each fold\'s best '
+           'checkpoint', '', '| fold | workdir | ' + ' | '.join(names) + ' |',
+           '|---|---|' + '---|' * len(names)]
+  for ((_, fold), w), v in zip(runs, values):
+    lines.append(f'| {fold} | {w} | ' + ' | '.join(_fmt(v[m]) for m in names) + ' |')
+  stats = {m: _mean_std([v[m] for v in values]) for m in names}
+  lines.append('| mean ± std (count: total) | | ' + ' | '.join(
+      _fmt(sum(v[m] for v in values)) if m == 'count' else f'{_fmt(mu)} ± {_fmt(sd)}'
+      for m, (mu, sd) in stats.items()) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _mean_std(xs):
+  mean = sum(xs) / len(xs)
+  var = sum((x - mean) ** 2 for x in xs) / max(len(xs) - 1, 1)
+  return mean, math.sqrt(var)
+
+
+def _fmt(x):
+  return f'{x:.0f}' if float(x).is_integer() and abs(x) >= 10 else f'{x:.3f}'
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('workdirs', nargs='+')
+  parser.add_argument('--metrics', default='', help='comma-separated test metric names')
+  parser.add_argument('--out', default='', help='also write the table to this file')
+  args = parser.parse_args(argv)
+  try:
+    table = summarise(args.workdirs, [m for m in args.metrics.split(',') if m] or None)
+  except (OSError, ValueError) as e:
+    sys.exit(f'histojax.folds: {e}')
+  print(table, end='')
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(table)
+
+
+if __name__ == '__main__':
+  main()
