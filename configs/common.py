@@ -52,6 +52,8 @@ def base_config():
   c.ckpt_every_steps = placeholder(int)
   c.ckpt_every_epochs = 1.0
   c.init_from = placeholder(str)   # transfer learning: a workdir, checkpoint or .npz
+  # With init_from: train only these top-level modules for `steps` steps, then everything.
+  c.freeze = ml_collections.ConfigDict(dict(head=('head',), steps=0))
   # Model selection and early stopping on a validation metric.
   c.best_metric = 'val/accuracy'
   c.best_mode = 'max'              # max | min
@@ -68,6 +70,7 @@ def base_config():
   c.data.max_eval_examples = placeholder(int)
   c.data.max_source_images = placeholder(int)
   c.data.root = placeholder(str)   # bring-your-own data folder
+  c.data.skip_bad = False          # True: warn, skip and count unreadable inputs
   c.data.tfds_data_dir = placeholder(str)
   # Group k-fold cross-validation for datasets split by data.fractions: the test split is fold
   # `fold` of `folds` group-disjoint folds (0 = off); `python -m histojax.folds` summarises.

@@ -35,6 +35,10 @@ def get_config(arg=None):
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'
   c.loss = 'bce+dice'
   c.dice_over = 'image'  # soft Dice per crop ('batch': pooled over the global batch)
+  c.class_weights = ()  # BCE weight of (background, gland); () = unweighted
+  c.ignore_empty = True  # class absent from an image and its prediction: skipped (False: 1)
+  c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  c.report_panels = 4    # test images shown as image | truth | prediction | overlay
   c.batch_size = 32
   c.total_steps, c.total_epochs = 8000, None
   c.optimizer = dict(name='adam', lr=1e-3, weight_decay=0.0)

@@ -1,4 +1,5 @@
 """One end-to-end `:smoke` run per config (real data, tiny subsets), and config hygiene."""
+import ast
 import importlib
 import json
 import pathlib
@@ -76,3 +77,36 @@ def test_seed_folder_layout_runs_both_models_by_argument(tmp_path):
     report = (tmp_path / classes / 'report.md').read_text()
     assert results['test']['count'] % 9 == 0 and results['test']['count'] > 0  # 9 tiles/image
     assert all(c in report for c in classes.split('+'))
+
+
+# Every knob the README or a docstring tells users to set with --config.<key>=... must exist
+# in the config (an override of a missing key is an error).
+OVERRIDES = {
+    'warwick_unet': ['class_weights=(1,2)', 'ignore_empty=False', 'freeze.steps=100',
+                     'data.skip_bad=True', 'inference.tta=none', 'report_panels=2'],
+    'crchisto_types_unet': ['class_weights=(0.5,1,1,1,3)', 'dice_over=image',
+                            'data.ignore_untyped=False', 'freeze.steps=100'],
+    'nuclei_cnn': ['freeze.steps=100', 'data.folds=4', 'data.fold=1', 'data.skip_bad=True'],
+    'mnist_cnn': ['data.skip_bad=True', 'total_steps=5'],
+}
+
+
+@pytest.mark.parametrize('name', sorted(OVERRIDES))
+def test_documented_overrides_exist(name):
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ['prog', f'--config=configs/{name}.py'] + [f'--config.{o}' for o in OVERRIDES[name]]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=values, lock_config=True,
+                                  sys_argv=argv)  # override flags are made from argv
+  values(argv)
+  for override in OVERRIDES[name]:
+    key, value = override.split('=')
+    node = values.config
+    for part in key.split('.'):
+      node = node[part]
+    try:
+      expected = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      expected = value  # a bare string
+    assert node == expected, override

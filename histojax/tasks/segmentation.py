@@ -42,8 +42,12 @@ class SegmentationTask:
     if self.dice_over not in ('image', 'batch'):
       raise ValueError(f"dice_over must be 'image' or 'batch', got {self.dice_over!r} "
                        '(config key: dice_over).')
-    weights = config.get('class_weights')
-    self.class_weights = None if weights is None else jnp.asarray(weights, jnp.float32)
+    weights = tuple(config.get('class_weights') or ())
+    if weights and len(weights) != self.num_classes:
+      raise ValueError(f'class_weights has {len(weights)} entries; give one per class, '
+                       f'background first ({self.num_classes}: {", ".join(self.class_names)}) '
+                       '(config key: class_weights).')
+    self.class_weights = jnp.asarray(weights, jnp.float32) if weights else None
     params = dict(config.data.get('augment') or {})
     params['crop_size'] = config.data.crop_size
     self.train_transform = functools.partial(_crop_example, params=params, seed=config.seed,
