@@ -2,6 +2,9 @@ r"""Gland segmentation on Warwick GlaS with a U-Net: the headline command.
 
 Command:  python launch.py --config=configs/warwick_unet.py --workdir=workdirs/glas
 Smoke:    python launch.py --config=configs/warwick_unet.py:smoke --workdir=/tmp/glas_smoke
+Your own: python launch.py --config=configs/warwick_unet.py:root=DIR[,classes=K] --workdir=W
+          (DIR/images + DIR/masks with matching stems; binary 0/255 or label masks 0..K-1;
+          split by image 70/15/15; K > 2: softmax CE + Dice, best checkpoint by val/mean_iou)
 
 U-Net 64→1024 (BatchNorm, transposed-conv up), bfloat16 compute, BCE + soft Dice, Adam with
 warm-up and cosine decay, batch 32 of 256x256 random crops with the data layer's histology
@@ -23,7 +26,7 @@ from histojax.data import augment
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, smoke=False, fp32=False, flips_only=False)
+  arg = common.parse_arg(arg, smoke=False, fp32=False, flips_only=False, root='', classes=2)
   c = common.base_config()
   c.task, c.dataset = 'segmentation', 'glas'
   c.data.val_fraction = 0.2
@@ -54,6 +57,11 @@ def get_config(arg=None):
   # smaller than the candidate with the best val object F1 (0 = keep all). Pixel Dice: raw mask.
   c.object_min_size = 0
   c.object_min_size_candidates = (0, 50, 100, 200, 400, 800, 1600, 3200)
+  if arg.root:  # bring-your-own images/ + masks/: no GlaS object metrics, split by image
+    c.dataset, c.data.root, c.num_classes = 'folder_seg', arg.root, arg.classes
+    c.data.fractions = dict(train=0.7, val=0.15, test=0.15)
+    if arg.classes > 2:
+      c.loss, c.best_metric = 'ce+dice', 'val/mean_iou'
   if arg.smoke:
     common.smoke_segmentation(c)
   return c

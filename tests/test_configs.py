@@ -110,3 +110,38 @@ def test_documented_overrides_exist(name):
     except (ValueError, SyntaxError):
       expected = value  # a bare string
     assert node == expected, override
+
+
+def write_segmentation_folder(root, n_images=6, classes=2):
+  """images/ + masks/ with matching stems: rectangles of label 1..classes-1 (0/255 if binary)."""
+  rng = np.random.default_rng(1)
+  (root / 'images').mkdir(parents=True)
+  (root / 'masks').mkdir()
+  for i in range(n_images):
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    mask = np.zeros((96, 128), np.uint8)
+    for label in range(1, classes):
+      r, c = rng.integers(0, 60, 2)
+      mask[r:r + 30, c:c + 40] = label
+      image[mask == label] = (200 * label // classes, 50, 120)
+    Image.fromarray(image).save(root / 'images' / f'slide{i}.png')
+    Image.fromarray(mask * 255 if classes == 2 else mask).save(root / 'masks' / f'slide{i}.png')
+
+
+@pytest.mark.parametrize('classes', [2, 3])
+def test_own_segmentation_folder_end_to_end(tmp_path, classes):
+  from histojax import train
+  from histojax.data import paths
+  write_segmentation_folder(tmp_path / 'own', classes=classes)
+  config = _config('warwick_unet', f'smoke,root={tmp_path / "own"},classes={classes}')
+  config.inference.window = (64, 64)
+  results = train.train_and_evaluate(config, tmp_path / 'w')
+  assert set(results) == {'val', 'test'} and results['test']['count'] >= 1
+  assert sum(r['count'] for r in results.values()) <= 6
+  key = 'dice' if classes == 2 else 'mean_iou'
+  assert np.isfinite(results['test'][key])
+  if classes == 3:
+    config.num_classes = 2  # a mask with label 2 is out of range: error names file and key
+    config.loss = 'bce+dice'
+    with pytest.raises(paths.DataError, match=r'slide\d\.png has label 2.*num_classes'):
+      train.train_and_evaluate(config, tmp_path / 'w2')

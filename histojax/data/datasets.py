@@ -196,22 +196,27 @@ def _points_seg(config):
 
 def _folder_seg(config):
   from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
-  root = config.data.root
+  root, k = config.data.root, config.get('num_classes')
+  if not root or not k:
+    raise ValueError("dataset 'folder_seg' needs data.root and num_classes (background "
+                     'included), e.g. configs/warwick_unet.py:root=DIR,classes=2.')
   records = folders.segmentation(root, skip_bad=config.data.get('skip_bad', False))
 
   def generate(split):
     del split
     for r in records:
-      yield ({'image': folders.load_image(r), 'mask': folders.load_mask(r).astype(np.int32)},
-             r.name)
+      mask = folders.load_mask(r).astype(np.int32)
+      if mask.max(initial=0) >= k:
+        raise paths.DataError(f'{r.mask_path} has label {mask.max()}, but num_classes is {k} '
+                              '(labels 0..num_classes-1; config key: num_classes).')
+      yield {'image': folders.load_image(r), 'mask': mask}, r.name
 
-  stored, _ = store.prepare('folder_seg', _fingerprint(config, [r.image_path for r in records],
-                                                    'root'),
+  files = [r.image_path for r in records] + [r.mask_path for r in records]
+  stored, _ = store.prepare('folder_seg', _fingerprint(config, files, 'root') | {'num_classes': k},
                          ['examples'], generate,
                          {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
   notes = [f'Bring-your-own segmentation data from {root}; split by image.']
   parts = _split_by_group(stored['examples'], [r.name for r in records], None, config, notes)
-  k = config.num_classes
   names = ['background', *[f'class{i}' for i in range(1, k)]]
   info = {'num_classes': k, 'class_names': names, 'notes': notes, 'instance_masks': False}
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
