@@ -281,6 +281,22 @@ def test_blob_centroids():
   np.testing.assert_allclose(objects.blob_centroids(m, min_size=2), [[2, 2], [6.5, 6.5]])
 
 
+def test_typed_detection_ignores_untyped_nuclei():
+  types = np.zeros((30, 30), np.int32)
+  types[2:5, 2:5] = 1     # on a typed nucleus of class 1: TP
+  types[12:15, 12:15] = 2  # on an untyped nucleus (label 0): neither TP nor FP
+  types[24:27, 24:27] = 1  # on nothing: FP
+  points = [[3, 3], [13, 13], [25, 5], [20, 20]]  # (25, 5) typed and missed: FN
+  m = objects.typed_detection(types, points, [1, 0, 2, 0], num_classes=3)
+  assert (m['tp'], m['fp'], m['fn']) == (1, 1, 1)  # the missed untyped (20, 20) is no FN
+  np.testing.assert_array_equal(m['class_tp'], [1, 0])
+  np.testing.assert_array_equal(m['class_fp'], [1, 0])  # the class-2 blob is ignored
+  np.testing.assert_array_equal(m['class_fn'], [0, 1])
+  # Without the untyped points the blob on (13, 13) would be a false positive.
+  without = objects.typed_detection(types, [[3, 3], [25, 5]], [1, 2], num_classes=3)
+  assert (without['fp'], without['class_fp'][1]) == (2, 1)
+
+
 def test_typed_detection_and_accumulation():
   types = np.zeros((20, 20), np.int32)
   types[2:5, 2:5] = 1

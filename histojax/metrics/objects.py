@@ -310,6 +310,14 @@ def _counts(n_pred, n_true, n_matched):
   return {'tp': int(n_matched), 'fp': int(n_pred - n_matched), 'fn': int(n_true - n_matched)}
 
 
+def _counts_ignoring(pred, true, ignore, radius):
+  """Counts of one matching of pred to all true points; pairs with an ignored point and
+  unmatched ignored points count nowhere."""
+  _, cols = _match(pred, true, radius)
+  ignored = int(ignore[cols].sum())
+  return _counts(len(pred) - ignored, int((~ignore).sum()), len(cols) - ignored)
+
+
 def _with_scores(counts):
   p, r, f = _prf(counts['tp'], counts['fp'], counts['fn'])
   return dict(counts, precision=float(p), recall=float(r), f1=float(f))
@@ -330,6 +338,9 @@ def typed_detection(pred_type_map, true_points, true_labels, num_classes, radius
   Predicted nuclei are the connected components of (type_map > 0), each typed by the
   majority type of its pixels (ties: lowest type). Per-class counts match class-c
   predictions to class-c points only; the 'class_*' arrays are indexed by type - 1.
+  A point of label 0 is a nucleus without a type (ignore, as IGNORE pixels are): a prediction
+  matched to it is neither TP nor FP (overall: any prediction; per class: one of that class),
+  and missing it is no FN.
   """
   types = np.asarray(pred_type_map).astype(np.int64)
   if types.size and (types.min() < 0 or types.max() >= num_classes):
@@ -342,11 +353,12 @@ def typed_detection(pred_type_map, true_points, true_labels, num_classes, radius
   pred = _centroids(labels)
   true = np.asarray(true_points, np.float64).reshape(-1, 2)
   true_cls = np.asarray(true_labels).reshape(-1)
-  out = _counts(len(pred), len(true), len(_match(pred, true, radius)[0]))
+  untyped = true_cls == 0
+  out = _counts_ignoring(pred, true, untyped, radius)
   per = np.zeros((3, num_classes - 1), np.int64)
   for c in range(1, num_classes):
-    pc, tc = pred[pred_cls == c], true[true_cls == c]
-    cnt = _counts(len(pc), len(tc), len(_match(pc, tc, radius)[0]))
+    candidates = (true_cls == c) | untyped
+    cnt = _counts_ignoring(pred[pred_cls == c], true[candidates], untyped[candidates], radius)
     per[:, c - 1] = cnt['tp'], cnt['fp'], cnt['fn']
   out.update(class_tp=per[0], class_fp=per[1], class_fn=per[2])
   return DetectionMetrics.score(out)

@@ -181,9 +181,9 @@ class SegmentationTask:
           detection.update(objects.detection_f1(objects.blob_centroids(pred > 0), points,
                                                 self.detection_radius))
         else:
-          keep = labels > 0
-          detection.update(objects.typed_detection(pred, points[keep], labels[keep],
-                                                   self.num_classes, self.detection_radius))
+          # Untyped nuclei (label 0) are ignored: a blob on one is neither TP nor FP.
+          detection.update(objects.typed_detection(pred, points, labels, self.num_classes,
+                                                   self.detection_radius))
       if len(panels) < self.panels:
         panels.append((np.asarray(example['image']), true, pred))
     details = {'pixels': pixels, 'glas': glas, 'object_pairs': object_pairs,
