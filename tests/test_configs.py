@@ -145,3 +145,34 @@ def test_own_segmentation_folder_end_to_end(tmp_path, classes):
     config.loss = 'bce+dice'
     with pytest.raises(paths.DataError, match=r'slide\d\.png has label 2.*num_classes'):
       train.train_and_evaluate(config, tmp_path / 'w2')
+
+
+def test_skip_bad_skips_undecodable_files_at_dataset_level(tmp_path):
+  """Listing reads headers only: a truncated PNG and a grayscale tile image must still be
+  skipped (and counted in the notes) with data.skip_bad, and stop the build without it."""
+  from histojax.data import datasets, paths
+  write_segmentation_folder(tmp_path / 'seg')
+  png = tmp_path / 'seg' / 'images' / 'slide0.png'
+  png.write_bytes(png.read_bytes()[:len(png.read_bytes()) // 2])  # truncated pixel data
+  config = _config('warwick_unet', f'smoke,root={tmp_path / "seg"}')
+  with pytest.raises(paths.DataError, match='slide0.png'):
+    datasets.get_splits(config)
+  config.data.skip_bad = True
+  parts = datasets.get_splits(config)
+  assert len(parts.train) + len(parts.val) + len(parts.tests['test']) == 5
+  assert any('Skipped bad input' in n and 'slide0.png' in n for n in parts.info['notes'])
+
+  rng = np.random.default_rng(0)
+  for cls in 'AB':
+    (tmp_path / 'tiles' / cls).mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(
+          tmp_path / 'tiles' / cls / f'{cls}{i}.png')
+  Image.fromarray(np.zeros((200, 200), np.uint8)).save(tmp_path / 'tiles' / 'A' / 'gray.png')
+  config = _config('patches_cnn', f'smoke,root={tmp_path / "tiles"},classes=A+B')
+  config.data.min_tissue = 0.0
+  with pytest.raises(paths.DataError, match='gray.png'):
+    datasets.get_splits(config)
+  config.data.skip_bad = True
+  parts = datasets.get_splits(config)
+  assert any('Skipped bad input' in n and 'gray.png' in n for n in parts.info['notes'])

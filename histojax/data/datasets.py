@@ -62,6 +62,20 @@ def _subsample(records, config):
   return kept
 
 
+def _records(config, list_records, *loaders):
+  """list_records(skip_bad) -> RecordList; with data.skip_bad every record is also decoded
+  now by `loaders`, so a truncated or corrupt file (listing reads headers only) is skipped
+  and counted instead of stopping the dataset build half-way."""
+  skip_bad = config.data.get('skip_bad', False)
+  records = list_records(skip_bad)
+  if not skip_bad:
+    return records
+  from histojax.data.sources import common  # pylint: disable=g-import-not-at-top
+  bad = common.BadItems(True, 'decoding')
+  kept = [r for r in records if bad.run(lambda r: [load(r) for load in loaders], r)]
+  return type(records)(kept, records.skipped + bad.messages, records.notes)
+
+
 def _fractions(config):
   return dict(config.data.get('fractions') or {'train': 0.7, 'val': 0.1, 'test': 0.2})
 
@@ -101,7 +115,8 @@ def _split_by_group(stored, groups, labels, config, notes, cache_train=False):
 
 def _glas(config):
   from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
-  records = _subsample(glas.records(skip_bad=config.data.get('skip_bad', False)), config)
+  records = _subsample(_records(config, lambda skip: glas.records(skip_bad=skip),
+                                glas.load_image, glas.load_mask), config)
   by_split = {s: [r for r in records if r.split == s] for s in ('train', 'testA', 'testB')}
 
   def generate(split):
@@ -129,12 +144,13 @@ def _point_images(config):
   """(records, load_image, nuclei(record) -> (points, labels), class names, reader notes)."""
   if config.dataset == 'crchisto_points':
     from histojax.data.sources import crchisto  # pylint: disable=g-import-not-at-top
-    records = crchisto.records(skip_bad=config.data.get('skip_bad', False))
+    records = _records(config, lambda skip: crchisto.records(skip_bad=skip), crchisto.load_image)
     return (records, crchisto.load_image, lambda r: crchisto.nuclei(r)[:2],
             list(crchisto.CLASSES), crchisto.dataset_notes(records))
   from histojax.data.sources import brecahad  # pylint: disable=g-import-not-at-top
   root = config.data.get('root')
-  records = brecahad.records(root, skip_bad=config.data.get('skip_bad', False))
+  records = _records(config, lambda skip: brecahad.records(root, skip_bad=skip),
+                     brecahad.load_image)
   return (records, brecahad.load_image, lambda r: (r.points, r.labels),
           list(brecahad.CLASSES), list(records.notes))
 
@@ -184,7 +200,7 @@ def _points_seg(config):
   parts = _split_by_group(stored['examples'], [r.group for r in records], None, config, notes,
                           cache_train=config.data.get('cache_train', True))
   names = ['background', *merged]
-  notes = notes + [f'Masks: discs of radius {radius} px around annotated nuclei '
+  notes = notes + [f'Skipped bad input: {s}' for s in records.skipped] + [f'Masks: discs of radius {radius} px around annotated nuclei '
                    f'({"per-class type map" if types else "binary"}); split by image.']
   if untyped:
     notes.append('Nuclei without a type label are drawn as "ignore": they count in neither '
@@ -200,7 +216,8 @@ def _folder_seg(config):
   if not root or not k:
     raise ValueError("dataset 'folder_seg' needs data.root and num_classes (background "
                      'included), e.g. configs/warwick_unet.py:root=DIR,classes=2.')
-  records = folders.segmentation(root, skip_bad=config.data.get('skip_bad', False))
+  records = _records(config, lambda skip: folders.segmentation(root, skip_bad=skip),
+                     folders.load_image, folders.load_mask)
 
   def generate(split):
     del split
@@ -215,7 +232,8 @@ def _folder_seg(config):
   stored, _ = store.prepare('folder_seg', _fingerprint(config, files, 'root') | {'num_classes': k},
                          ['examples'], generate,
                          {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
-  notes = [f'Bring-your-own segmentation data from {root}; split by image.']
+  notes = [f'Bring-your-own segmentation data from {root}; split by image.'] + [
+      f'Skipped bad input: {s}' for s in records.skipped]
   parts = _split_by_group(stored['examples'], [r.name for r in records], None, config, notes)
   names = ['background', *[f'class{i}' for i in range(1, k)]]
   info = {'num_classes': k, 'class_names': names, 'notes': notes, 'instance_masks': False}
@@ -227,7 +245,8 @@ def _folder_seg(config):
 
 def _crchisto_patches(config):
   from histojax.data.sources import crchisto  # pylint: disable=g-import-not-at-top
-  records = _subsample(crchisto.records(skip_bad=config.data.get('skip_bad', False)), config)
+  records = _subsample(_records(config, lambda skip: crchisto.records(skip_bad=skip),
+                                crchisto.load_image), config)
   size = config.data.get('patch_size', 100)
   def generate(split):
     del split
@@ -246,7 +265,8 @@ def _crchisto_patches(config):
   groups, labels = zip(*metas['examples'])
   notes = crchisto.dataset_notes(records) + [
       f'{len(groups)} typed nuclei as {size}x{size} crops centred on the nucleus (reflect-padded '
-      'at image borders); split by source image.']
+      'at image borders); split by source image.'] + [
+          f'Skipped bad input: {s}' for s in records.skipped]
   parts = _split_by_group(stored['examples'], groups, labels, config, notes)
   info = {'num_classes': 4, 'class_names': list(crchisto.CLASSES), 'notes': notes}
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
@@ -256,10 +276,16 @@ def _csv_patches(config):
   """The seed's Kaggle layout: equal-size patches in a folder, labels in a filename,label CSV."""
   from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
   size, channels = config.data.get('patch_size', 100), config.data.get('channels', 3)
-  records, _, class_names = folders.csv_labels(
-      config.data.csv, config.data.images, classes=config.data.get('classes'),
-      skip_bad=config.data.get('skip_bad', False), channels=channels)
-  records = _subsample(records, config)
+  class_names = []
+
+  def list_records(skip_bad):
+    records, _, names = folders.csv_labels(
+        config.data.csv, config.data.images, classes=config.data.get('classes'),
+        skip_bad=skip_bad, channels=channels)
+    class_names.extend(names)
+    return records
+  records = _subsample(_records(config, list_records,
+                                lambda r: folders.load_image(r, channels)), config)
 
   def generate(split):
     del split
@@ -290,14 +316,21 @@ def _tiles(config):
   min_tissue = config.data.get('min_tissue', 0.5)
   if config.dataset == 'glas_tiles':
     from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
-    records = _subsample(glas.records(skip_bad=config.data.get('skip_bad', False)), config)
+    records = _subsample(_records(config, lambda skip: glas.records(skip_bad=skip),
+                                  glas.load_image), config)
     class_names = ['benign', 'malignant']
     images = [(r.name, r.patient, r.label, r.image_path, lambda r=r: glas.load_image(r))
               for r in records]
   else:
     from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
-    classes = config.data.get('classes')
-    records, class_names = folders.class_folders(config.data.root, classes=classes)
+    class_names = []
+
+    def list_records(skip_bad):
+      records, names = folders.class_folders(config.data.root, classes=config.data.get('classes'),
+                                             skip_bad=skip_bad)
+      class_names.extend(names)
+      return records
+    records = _records(config, list_records, folders.load_image)
     images = [(r.name, '', r.label, r.image_path, lambda r=r: folders.load_image(r))
               for r in records]
   def generate(split):
@@ -316,7 +349,8 @@ def _tiles(config):
   groups = splits.group_keys([m[0] for m in tiles_meta], [m[1] for m in tiles_meta])
   labels = [m[2] for m in tiles_meta]
   notes = [f'{len(tiles_meta)} tiles of {size}x{size} px with tissue fraction >= {min_tissue} '
-           f'from {len(images)} images; split by {"patient" if images[0][1] else "image"}.']
+           f'from {len(images)} images; split by {"patient" if images[0][1] else "image"}.'] + [
+               f'Skipped bad input: {s}' for s in records.skipped]
   parts = _split_by_group(stored['examples'], groups, labels, config, notes)
   info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes}
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
