@@ -71,6 +71,7 @@ def base_config():
   c.data.max_source_images = placeholder(int)
   c.data.root = placeholder(str)   # bring-your-own data folder
   c.data.skip_bad = False          # True: warn, skip and count unreadable inputs
+  c.data.allow_leakage = False     # True: item-level random split (leaks; warns and says so)
   c.data.tfds_data_dir = placeholder(str)
   # Group k-fold cross-validation for datasets split by data.fractions: the test split is fold
   # `fold` of `folds` group-disjoint folds (0 = off); `python -m histojax.folds` summarises.

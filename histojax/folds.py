@@ -40,25 +40,38 @@ def final_metrics(workdir: str, part: str = 'test') -> dict[str, float]:
   return found
 
 
-def fold_of(workdir: str) -> tuple[int, int]:
-  """(folds, fold) from W/config.json."""
+SAME_SPLIT_KEYS = ('dataset', 'seed', 'data.fractions', 'data.root', 'data.csv', 'data.folds')
+
+
+def fold_of(workdir: str) -> tuple[int, dict]:
+  """(fold, {key: value} of what must agree between folds of one split) from W/config.json."""
   path = os.path.join(workdir, 'config.json')
   with open(path) as f:
-    data = json.load(f).get('data', {})
-  folds, fold = int(data.get('folds') or 0), int(data.get('fold') or 0)
+    config = json.load(f)
+  data = config.get('data', {})
+  folds = int(data.get('folds') or 0)
   if folds < 2:
     raise ValueError(f'{path}: data.folds is {folds}; this run is not a cross-validation fold.')
-  return folds, fold
+  split = {}
+  for key in SAME_SPLIT_KEYS:
+    node = config
+    for part in key.split('.'):
+      node = node.get(part) if isinstance(node, dict) else None
+    split[key] = node
+  return int(data.get('fold') or 0), split
 
 
 def summarise(workdirs, metrics=None) -> str:
   """Markdown table over the fold workdirs; raises if they are not one complete k-fold."""
-  runs = sorted(((fold_of(w), w) for w in workdirs), key=lambda r: r[0][1])
-  k = {folds for (folds, _), _ in runs}
-  if len(k) != 1:
-    raise ValueError(f'The workdirs mix cross-validations with different data.folds: {k}.')
-  k = k.pop()
-  seen = [fold for (_, fold), _ in runs]
+  runs = sorted(((fold_of(w), w) for w in workdirs), key=lambda r: r[0][0])
+  first_split, first_dir = runs[0][0][1], runs[0][1]
+  for (_, split), w in runs[1:]:
+    differ = [key for key in SAME_SPLIT_KEYS if split[key] != first_split[key]]
+    if differ:
+      raise ValueError(f'{w} and {first_dir} are not folds of one split: they differ in '
+                       f'{", ".join(differ)}.')
+  k = first_split['data.folds']
+  seen = [fold for (fold, _), _ in runs]
   if sorted(seen) != list(range(k)):
     raise ValueError(f'Expected the folds 0..{k - 1} of a {k}-fold split once each, got {seen}.')
   values = [final_metrics(w) for _, w in runs]
@@ -70,7 +83,7 @@ def summarise(workdirs, metrics=None) -> str:
   lines = [f'{k}-fold group cross-validation, final test metrics of each fold\'s best '
            'checkpoint', '', '| fold | workdir | ' + ' | '.join(names) + ' |',
            '|---|---|' + '---|' * len(names)]
-  for ((_, fold), w), v in zip(runs, values):
+  for ((fold, _), w), v in zip(runs, values):
     lines.append(f'| {fold} | {w} | ' + ' | '.join(_fmt(v[m]) for m in names) + ' |')
   stats = {m: _mean_std([v[m] for v in values]) for m in names}
   lines.append('| mean ± std (count: total) | | ' + ' | '.join(

@@ -169,7 +169,8 @@ def train_and_evaluate(config, workdir, mode='train'):
     state, saved = ckpts.restore(start, checkpoint.abstract(state))
     train_iter.set_state(saved['data_iterator'])
     loop.update(saved['loop'])
-    logging.info('Resumed from %s at step %d.', ckpts.manager.directory, start)
+    logging.info('%s %s at step %d.', 'Restored' if mode == 'eval' else 'Resumed from',
+                 ckpts.manager.directory, start)
   elif config.get('init_from') and mode == 'train':
     stem = state.params.get('conv1', {}).get('kernel')  # ResNet: adapt .npz RGB weights to it
     source = checkpoint.load_variables(config.init_from,

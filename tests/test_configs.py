@@ -40,10 +40,12 @@ def write_brecahad_fixture(root, n_images=4):
     (root / 'groundTruth' / f'Case_{i // 2 + 1}-0{i % 2}.json').write_text(json.dumps(points))
 
 
-@pytest.mark.parametrize('name', [c for c in CONFIGS if c != 'mnist_cnn'])  # MNIST: test_train
+@pytest.mark.parametrize('name', [c for c in CONFIGS if c != 'mnist_cnn'] +  # MNIST: test_train
+                         ['brecahad_unet:types'])
 def test_smoke_run(name, tmp_path):
   from histojax import train
-  config = _config(name)
+  name, _, arg = name.partition(':')
+  config = _config(name, ','.join(filter(None, ['smoke', arg])))
   if name == 'brecahad_unet':
     write_brecahad_fixture(tmp_path / 'brecahad', n_images=6)
     config.data.root = str(tmp_path / 'brecahad')

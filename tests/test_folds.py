@@ -7,10 +7,11 @@ from conftest import require_data
 from histojax import folds
 
 
-def _fold_workdir(root, fold, k, accuracy, count=100):
+def _fold_workdir(root, fold, k, accuracy, count=100, seed=0):
   w = root / f'fold{fold}'
-  w.mkdir()
-  (w / 'config.json').write_text(json.dumps({'data': {'folds': k, 'fold': fold}}))
+  w.mkdir(exist_ok=True)
+  (w / 'config.json').write_text(json.dumps({'dataset': 'glas_tiles', 'seed': seed, 'data': {
+      'folds': k, 'fold': fold, 'fractions': {'train': 0.6, 'val': 0.2, 'test': 0.2}}}))
   lines = [{'step': 5, 'val/accuracy': 0.1}, {'step': 9, 'test/accuracy': 0.0},
            {'step': 9, 'test/accuracy': accuracy, 'test/count': count}]
   (w / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
@@ -32,6 +33,9 @@ def test_summary_refuses_incomplete_or_mixed_folds(tmp_path):
   (tmp_path / 'fold0' / 'metrics.jsonl').write_text('{"step": 1, "val/accuracy": 0.1}\n')
   with pytest.raises(ValueError, match='no test/'):
     folds.summarise(dirs + [_fold_workdir(tmp_path, 2, 3, 0.5)])
+  _fold_workdir(tmp_path, 2, 3, 0.5, seed=1)
+  with pytest.raises(ValueError, match='not folds of one split.*seed'):
+    folds.summarise(dirs[1:] + [str(tmp_path / 'fold2')])
   with pytest.raises(SystemExit, match='fold0'):
     folds.main([dirs[0], dirs[1], str(tmp_path / 'fold2'), '--metrics=accuracy'])
 
