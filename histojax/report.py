@@ -73,7 +73,9 @@ def write(workdir, config, task, results, final_step, loop, info, extra=()):
   workdir = pathlib.Path(workdir)
   curves = plot_curves(workdir, task.curve_metrics)
   parts = list(results)
-  names = [k for k in results[parts[-1]][0]]
+  # Rows: every metric of any part (GlaS object metrics exist for val/testA/testB, not for the
+  # pooled test column), in order of first appearance.
+  names = list(dict.fromkeys(k for p in parts for k in results[p][0]))
   lines = [
       f'# Report: {config.get("dataset", "")} / {config.model.name}',
       '',

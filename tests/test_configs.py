@@ -54,11 +54,27 @@ def test_smoke_run(name, tmp_path):
   else:
     require_data(DATA[name])
   results = train.train_and_evaluate(config, tmp_path / 'w')
-  assert (tmp_path / 'w' / 'report.md').exists()
   for part, scalars in results.items():
     assert scalars['count'] > 0, part
   key = 'accuracy' if 'accuracy' in results['val'] else 'pixel_accuracy'
   assert all(np.isfinite(scalars[key]) for scalars in results.values())
+  # What every report promises (README: workdir layout).
+  w = tmp_path / 'w'
+  report = (w / 'report.md').read_text()
+  tests = [p for p in results if p not in ('val', 'test')] or ['test']
+  plots = {p.name for p in (w / 'plots').iterdir()}
+  assert 'curves.png' in plots and {f'confusion_{p}.png' for p in tests} <= plots, plots
+  assert any((w / 'tensorboard').iterdir())
+  if config.task == 'segmentation':
+    assert {f'panels_{p}.png' for p in tests} <= plots, plots
+    if name == 'warwick_unet':  # GlaS object metrics per test part, in the report's table
+      row = next(l for l in report.splitlines() if l.startswith('| object_f1 |'))
+      assert len([c for c in row.split('|')[2:-1] if c.strip()]) == 3  # val, testA, testB
+  else:
+    assert ('> OK: accuracy' in report) or ('> WARNING:' in report)  # the bias check, in words
+    assert 'majority_baseline' in report
+    if config.get('explain_samples'):
+      assert {'explain_test_0_occlusion.png', 'explain_test_0_ig.png'} <= plots, plots
 
 
 def test_seed_folder_layout_runs_both_models_by_argument(tmp_path):
