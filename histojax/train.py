@@ -182,6 +182,13 @@ def train_and_evaluate(config, workdir, mode='train'):
                            sharding.replicated(mesh))
     logging.info('init_from %s: loaded %d parameter arrays, kept %d freshly initialised: %s',
                  config.init_from, len(loaded), len(skipped), ', '.join(skipped) or '-')
+    heads = tuple(f'/{h}/' for h in (config.get('freeze') or {}).get('head', ()))
+    body = [p for p in skipped if not p.startswith(heads)]
+    if body:  # e.g. torchvision's 7x7 conv1 into the small 3x3 stem: silently random otherwise
+      logging.warning('init_from %s: %d parameter arrays outside the head (%s) found no match '
+                      'of the same path and shape and stay random: %s. (A torchvision .npz '
+                      "needs the ImageNet stem: configs/nuclei_resnet18.py:imagenet.)",
+                      config.init_from, len(body), ', '.join(heads) or '-', ', '.join(body))
 
   def save(state, metrics=None):
     step = int(state.step)

@@ -30,6 +30,46 @@ def test_glas_unet_initialises_nuclei_unet(tmp_path, caplog):
   jax.tree.map(np.testing.assert_array_equal, after['params'], saved['params'])
 
 
+def test_fine_tune_other_class_count_head_first(tmp_path, caplog):
+  """nuclei_cnn (4 classes) -> patches_cnn (2 classes): the head is re-initialised, and with
+  freeze.steps the body does not move while the head trains."""
+  require_data('glas')
+  require_data('crchistophenotypes')
+  from configs import nuclei_cnn, patches_cnn
+  train.train_and_evaluate(nuclei_cnn.get_config('smoke'), tmp_path / 'nuclei')
+  saved = checkpoint.load_variables(tmp_path / 'nuclei')
+  target = patches_cnn.get_config('smoke')
+  target.init_from = str(tmp_path / 'nuclei')
+  target.freeze.steps, target.total_steps = 5, 3
+  target.explain_samples = 0
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(target, tmp_path / 'tiles')
+  assert any('kept 2 freshly initialised: /head/bias, /head/kernel' in r.getMessage()
+             for r in caplog.records)
+  assert not any(r.levelno >= logging.WARNING and 'init_from' in r.getMessage()
+                 for r in caplog.records)
+  after = checkpoint.load_variables(tmp_path / 'tiles')['params']
+  assert after['head']['kernel'].shape[-1] == 2
+  body = {k: v for k, v in after.items() if k != 'head'}
+  jax.tree.map(np.testing.assert_array_equal, body,
+               {k: v for k, v in saved['params'].items() if k != 'head'})
+
+
+def test_npz_into_small_stem_warns(tmp_path, caplog):
+  require_data('crchistophenotypes')
+  from configs import nuclei_resnet18
+  config = nuclei_resnet18.get_config('smoke')
+  config.model.widths = (64, 128, 256, 512)  # torchvision widths, small stem: conv1 differs
+  config.total_steps, config.explain_samples = 1, 0
+  _torchvision_resnet18_npz(tmp_path / 'r18.npz')
+  config.init_from = str(tmp_path / 'r18.npz')
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(config, tmp_path / 'w')
+  warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and
+             'stay random' in r.getMessage()]
+  assert warning and '/conv1/kernel' in warning[0] and ':imagenet' in warning[0]
+
+
 def _torchvision_resnet18_npz(path, num_classes=1000):
   """A random state dict with torchvision's resnet18 keys and shapes (no torch needed)."""
   from histojax.models import torch_import
