@@ -14,7 +14,8 @@ By patient, 4-fold cross-validation (one test split holds only ~3 of GlaS's 16 p
 Tiles with < 50% tissue (Otsu on saturation) are dropped; tiles of one image (GlaS: one
 patient) never straddle train/val/test. The report compares accuracy with the majority-class
 baseline and says in words when the model has not beaten it.
-Expected: see BENCHMARKS.md (short CPU schedule measured; no full GPU run yet).
+Expected: to beat the majority baseline on unseen patients. Measured here, the full 20 epochs
+on CPU: test accuracy 0.539 vs baseline 0.505, and the bias check fires (BENCHMARKS.md).
 Time: 20 epochs of ~2.7k GlaS tiles: about a minute on one GPU, ~20 min on 2 CPU cores.
 """
 from configs import common, nuclei_cnn

@@ -25,6 +25,8 @@ def test_docstring_states_command_result_and_time(name):
   doc = importlib.import_module(f'configs.{name}').__doc__
   assert f'configs/{name}.py' in doc and 'Expected' in doc and 'Smoke' in doc
   assert 'Time' in doc
+  expected = doc[doc.index('Expected'):doc.index('Time')]
+  assert any(ch.isdigit() for ch in expected), f'{name}: no number in the expected result'
 
 
 def write_brecahad_fixture(root, n_images=4):
