@@ -59,6 +59,7 @@ def get_config(arg=None):
   c.best_metric, c.best_mode = 'val/weighted_f1', 'max'
   c.early_stopping_patience = 8
   c.explain_samples = 4  # occlusion + integrated-gradients overlays in the report
+  c.explain_indices = ()  # or these test examples, e.g. --config.explain_indices="(3,17)"
   if arg.smoke:
     common.smoke(c)
     c.model.features = (8, 8, 16)

@@ -105,3 +105,29 @@ def test_overlay_png(tmp_path, channels):
   # Signed [H, W, C] attributions are summed over channels.
   signed = rng.normal(size=(SIZE, SIZE, 3))
   assert explain.overlay_png(image, signed, tmp_path / 'ig.png', 'ig').stat().st_size > 1000
+
+
+def test_task_explains_chosen_test_examples(tmp_path):
+  """explain_indices picks the examples (titled with their index); out of range is an error."""
+  import types
+  import ml_collections
+  from histojax.tasks import classification
+  config = ml_collections.ConfigDict(dict(seed=0, explain_samples=4, explain_indices=(2, 0),
+                                          data=dict(mean=(0.5,), std=(0.25,))))
+  task = classification.ClassificationTask(config, {'num_classes': 3,
+                                                    'class_names': ['a', 'b', 'c']})
+  rng = np.random.default_rng(0)
+  source = [{'image': rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), 'label': i % 3}
+            for i in range(5)]
+  state = types.SimpleNamespace(params=tiny_net_variables()['params'], batch_stats={})
+  model = types.SimpleNamespace(  # the task calls apply(..., train=False) like the real models
+      apply=lambda variables, x, train: TinyNet().apply({'params': variables['params']}, x))
+  (tmp_path / 'plots').mkdir()
+  lines = task.explain(model, state, source, tmp_path, 'test')
+  assert sorted(p.name for p in (tmp_path / 'plots').iterdir()) == [
+      'explain_test_0_ig.png', 'explain_test_0_occlusion.png',
+      'explain_test_1_ig.png', 'explain_test_1_occlusion.png']
+  assert sum('.png' in l for l in lines) == 4
+  task.explain_indices = (5,)
+  with pytest.raises(ValueError, match='explain_indices'):
+    task.explain(model, state, source, tmp_path, 'test')

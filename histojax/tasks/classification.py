@@ -51,6 +51,7 @@ class ClassificationTask:
     self.std = jnp.asarray(config.data.get('std', (0.5,)), jnp.float32)
     self.device_augment = config.data.get('device_augment')
     self.explain_samples = config.get('explain_samples', 0)
+    self.explain_indices = tuple(config.get('explain_indices') or ())
     self.seed = config.get('seed', 0)
     host = config.data.get('augment')
     # Host-side joint augmentation (H&E patches), drawn from (seed, epoch, index).
@@ -105,23 +106,29 @@ class ClassificationTask:
 
 
   def explain(self, model, state, source, workdir, part):
-    """Occlusion and integrated-gradients overlays for `explain_samples` random (seeded)
-    examples of a test part: plots/explain_<part>_<i>_{occlusion,ig}.png."""
+    """Occlusion and integrated-gradients overlays for the test examples `explain_indices`, or
+    else `explain_samples` random (seeded) ones: plots/explain_<part>_<n>_{occlusion,ig}.png."""
     from histojax import explain  # pylint: disable=g-import-not-at-top
-    if not self.explain_samples:
+    if self.explain_indices:
+      picks = self.explain_indices
+      if max(picks) >= len(source) or min(picks) < 0:
+        raise ValueError(f'explain_indices {picks} must lie in 0..{len(source) - 1}, the '
+                         f'examples of {part} (config key: explain_indices).')
+    elif self.explain_samples:
+      picks = sorted(np.random.default_rng(self.seed).choice(
+          len(source), min(self.explain_samples, len(source)), replace=False))
+    else:
       return []
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     apply_fn = lambda x: model.apply(variables, x, train=False)
-    picks = np.random.default_rng(self.seed).choice(len(source), min(self.explain_samples,
-                                                                     len(source)), replace=False)
     lines = [f'## Attribution ({part}: occlusion and integrated gradients)', '']
-    for n, i in enumerate(sorted(picks)):
+    for n, i in enumerate(picks):
       example = source[int(i)]
       image = np.asarray(example['image'])
       x = np.asarray(self.inputs({'image': jnp.asarray(image[None])}, None, False))[0]
       pred = int(np.argmax(apply_fn(x[None])[0]))
       true = int(example['label'])
-      title = f'predicted {self.class_names[pred]} / true {self.class_names[true]}'
+      title = f'#{i}: predicted {self.class_names[pred]} / true {self.class_names[true]}'
       window = max(2, image.shape[0] // 6)
       heat = explain.occlusion(apply_fn, x, pred, window=window, stride=max(1, window // 2))
       ig = explain.integrated_gradients(apply_fn, x, pred, steps=16)
