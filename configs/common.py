@@ -54,6 +54,9 @@ def base_config():
   c.init_from = placeholder(str)   # transfer learning: a workdir, checkpoint or .npz
   # With init_from: train only these top-level modules for `steps` steps, then everything.
   c.freeze = ml_collections.ConfigDict(dict(head=('head',), steps=0))
+  # Keras-style kernel_/bias_regularizer: l2 * sum(w**2) of conv/dense layers added to the loss.
+  c.l2_kernel = 0.0
+  c.l2_bias = 0.0
   # Model selection and early stopping on a validation metric.
   c.best_metric = 'val/accuracy'
   c.best_mode = 'max'              # max | min

@@ -40,20 +40,21 @@ def make_init(model, task, tx, sample_batch):
 
 def make_l2_penalty(config):
   """Keras-style kernel_regularizer / bias_regularizer: an explicit loss term
-  l2_kernel * sum(kernel**2) + l2_bias * sum(bias**2) (not decoupled weight decay)."""
+  l2_kernel * sum(kernel**2) + l2_bias * sum(bias**2) over conv/dense layers (not decoupled
+  weight decay). BatchNorm's scale and bias (Keras: gamma/beta) are not regularised."""
   l2_kernel, l2_bias = config.get('l2_kernel', 0.0) or 0.0, config.get('l2_bias', 0.0) or 0.0
 
-  def penalty(params):
-    if not (l2_kernel or l2_bias):
-      return 0.0
+  def penalty(node):
     total = 0.0
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-      name = getattr(path[-1], 'key', '')
-      weight = l2_kernel if name == 'kernel' else l2_bias if name == 'bias' else 0.0
-      if weight:
-        total = total + weight * jnp.sum(jnp.square(leaf))
+    for name, value in node.items():
+      if hasattr(value, 'items'):
+        total = total + penalty(value)
+      elif name == 'kernel' and l2_kernel:
+        total = total + l2_kernel * jnp.sum(jnp.square(value))
+      elif name == 'bias' and 'kernel' in node and l2_bias:  # a layer's bias, not BN's beta
+        total = total + l2_bias * jnp.sum(jnp.square(value))
     return total
-  return penalty
+  return penalty if (l2_kernel or l2_bias) else (lambda params: 0.0)
 
 
 def make_train_step(model, task, tx, base_rng, l2_penalty=lambda params: 0.0):

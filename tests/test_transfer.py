@@ -125,5 +125,6 @@ def test_l2_penalty_is_an_explicit_loss_term():
     get = dict.get
   penalty = train.make_l2_penalty(C(config))
   params = {'Conv_0': {'kernel': jnp.full((2,), 2.0), 'bias': jnp.full((3,), 1.0)},
-            'BatchNorm_0': {'scale': jnp.ones(4)}}
-  np.testing.assert_allclose(penalty(params), 0.5 * 8 + 0.1 * 3, rtol=1e-6)
+            'BatchNorm_0': {'scale': jnp.ones(4), 'bias': jnp.ones(4)},  # not regularised
+            'block': {'Dense_0': {'kernel': jnp.ones((1, 2)), 'bias': jnp.full((2,), 2.0)}}}
+  np.testing.assert_allclose(penalty(params), 0.5 * (8 + 2) + 0.1 * (3 + 8), rtol=1e-6)
