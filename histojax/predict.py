@@ -5,11 +5,16 @@
 Segmentation: DIR/<stem>_mask.png (label values; binary masks as 0/255) and
 DIR/<stem>_overlay.png for every image, any size (sliding window, the run's test-time
 augmentation, and the post-processing its final report chose on val: W/postprocess.json).
+Two inputs with one stem (a.png, a.tif) write a_png_*.png and a_tif_*.png.
 Classification: DIR/predictions.csv with `filename,label` and one probability column per class
-(the seed's Kaggle submission format). A CSV input lists images in its first column (header
-`filename` or none), relative to the CSV's folder.
-Unreadable inputs are reported and skipped; files already written are never removed.
+(the seed's Kaggle submission format); `filename` as the CSV lists it, else the file name.
+A CSV input lists images in its first column (header `filename` or none), relative to the
+CSV's folder. Images must have the training patch size (no silent resizing: it would change
+the magnification); channels are converted (RGB <-> grayscale).
+Unreadable or wrong-size inputs are reported and skipped; files already written are never
+removed (a rerun into the same DIR rewrites its outputs).
 """
+import collections
 import csv
 import json
 import logging
@@ -34,18 +39,19 @@ class Variables:
   batch_stats: dict
 
 
-def list_inputs(input_path):
+def list_inputs(input_path) -> list[tuple[pathlib.Path, str]]:
+  """[(path, name to report it by)]: a CSV's own entries, else file names."""
   path = pathlib.Path(input_path)
   if path.is_dir():
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [(p, p.name) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
   elif path.suffix.lower() == '.csv':
     with open(path, newline='', encoding='utf-8') as f:
       rows = [r for r in csv.reader(f) if r]
     if rows and rows[0][0].strip().lower() in ('filename', 'file', 'image', 'path', 'id'):
       rows = rows[1:]
-    files = [path.parent / r[0].strip() for r in rows]
+    files = [(path.parent / r[0].strip(), r[0].strip()) for r in rows]
   elif path.is_file():
-    files = [path]
+    files = [(path, path.name)]
   else:
     raise FileNotFoundError(f'--input {path}: no such image, folder or CSV.')
   if not files:
@@ -53,12 +59,20 @@ def list_inputs(input_path):
   return files
 
 
+def _output_stems(files):
+  """Output name per input: its stem, or (where stems collide) its name with . and / as _."""
+  stems = collections.Counter(p.stem for p, _ in files)
+  return [p.stem if stems[p.stem] == 1 else name.replace('/', '_').replace('.', '_')
+          for p, name in files]
+
+
 def _read(path, channels, size=None):
   with Image.open(path) as image:
     image.load()
-    image = image.convert('L' if channels == 1 else 'RGB')
     if size is not None and image.size != (size[1], size[0]):
-      image = image.resize((size[1], size[0]), Image.BILINEAR)
+      raise ValueError(f'{image.size[0]}x{image.size[1]} px, but the model was trained on '
+                       f'{size[1]}x{size[0]} patches; crop or tile it to that size first')
+    image = image.convert('L' if channels == 1 else 'RGB')
     array = np.asarray(image, np.uint8)
   return array[..., None] if channels == 1 else array
 
@@ -88,7 +102,7 @@ def run(workdir, input_path, output_dir):
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     if settings:
       logging.info('Post-processing chosen on val (%s): %s', settings_file, settings)
-    for path in files:
+    for (path, _), stem in zip(files, _output_stems(files)):
       progress.update()
       try:
         image = _read(path, 3)
@@ -99,10 +113,10 @@ def run(workdir, input_path, output_dir):
       _, labels = task.predict_image(model, variables, mesh, image)
       labels = task.postprocess_labels(labels, settings)
       scale = 255 if task.binary else 1
-      Image.fromarray((labels * scale).astype(np.uint8)).save(output_dir / f'{path.stem}_mask.png')
+      Image.fromarray((labels * scale).astype(np.uint8)).save(output_dir / f'{stem}_mask.png')
       overlay = image.copy()
       overlay[labels > 0] = (0.5 * overlay[labels > 0] + [127, 0, 0]).astype(np.uint8)
-      Image.fromarray(overlay).save(output_dir / f'{path.stem}_overlay.png')
+      Image.fromarray(overlay).save(output_dir / f'{stem}_overlay.png')
   else:
     @jax.jit
     def probabilities(variables, images):
@@ -119,11 +133,11 @@ def run(workdir, input_path, output_dir):
       writer.writerow(['filename', 'label', *[f'p_{n}' for n in names]])
       for start in range(0, len(files), batch):
         chunk, images = [], []
-        for path in files[start:start + batch]:
+        for path, name in files[start:start + batch]:
           progress.update()
           try:
             images.append(_read(path, shape[-1], shape[:2]))
-            chunk.append(path)
+            chunk.append(name)
           except (OSError, ValueError) as e:
             skipped.append(f'{path}: {e}')
             logging.warning('Skipping unreadable input %s: %s', path, e)
@@ -132,8 +146,8 @@ def run(workdir, input_path, output_dir):
         padded = np.zeros((batch, *images[0].shape), np.uint8)
         padded[:len(images)] = images
         p = np.asarray(probabilities(variables, jnp.asarray(padded)))[:len(chunk)]
-        for path, row in zip(chunk, p):
-          writer.writerow([path.name, names[int(np.argmax(row))], *[f'{v:.6f}' for v in row]])
+        for name, row in zip(chunk, p):
+          writer.writerow([name, names[int(np.argmax(row))], *[f'{v:.6f}' for v in row]])
         f.flush()  # a crash later keeps every row written so far
   progress.close()
   logging.info('Predicted %d of %d inputs into %s; skipped %d.', len(files) - len(skipped),
