@@ -38,7 +38,7 @@ def get_config(arg=None):
   # Batch Dice: with per-image Dice, classes absent from a crop collapse to background.
   c.dice_over = 'batch' if arg.types else 'image'
   c.class_weights = ()  # CE/BCE weight per class, background first; () = unweighted
-  c.ignore_empty = True  # class absent from an image and its prediction: skipped (False: 1)
+  c.ignore_empty = True  # class absent from an image's truth: skipped, counted (False: 1 or 0)
   c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
   c.report_panels = 4    # test images shown as image | truth | prediction | overlay
   c.batch_size = 8

@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.loss = 'bce+dice'
   c.dice_over = 'image'  # soft Dice per crop ('batch': pooled over the global batch)
   c.class_weights = ()  # BCE weight of (background, gland); () = unweighted
-  c.ignore_empty = True  # class absent from an image and its prediction: skipped (False: 1)
+  c.ignore_empty = True  # class absent from an image's truth: skipped, counted (False: 1 or 0)
   c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
   c.report_panels = 4    # test images shown as image | truth | prediction | overlay
   c.batch_size = 32

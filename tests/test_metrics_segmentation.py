@@ -94,6 +94,12 @@ def test_empty_policy_in_per_image_mean():
   assert half['dice_image'][1] == pytest.approx((2 / 3 + 0.5 + 0.0) / 3)
   # Pooled counts see 8 true, 5 predicted, 4 overlapping pixels whatever the policy.
   assert ignored['dice'][1] == scored['dice'][1] == pytest.approx(8 / 13)
+  # The skipped images are counted in the reported scalars.
+  names = ['bg', 'gland']
+  skipped = seg.SegmentationMetrics(2, names, ignore_empty=True).scalars(ignored)
+  assert skipped['empty_skipped_gland'] == 2 and skipped['dice_image_gland'] == pytest.approx(2 / 3)
+  assert seg.SegmentationMetrics(2, names, ignore_empty=False).scalars(scored)[
+      'empty_skipped_gland'] == 0
 
 
 def test_padding_mask_excludes_images_and_pixels():

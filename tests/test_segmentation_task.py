@@ -25,6 +25,10 @@ def test_binary_losses():
   np.testing.assert_allclose(task.loss(perfect, {'mask': mask}), 0.0, atol=1e-6)
   wrong = -perfect
   assert np.all(task.loss(wrong, {'mask': mask}) > 1.0)
+  # Weighted BCE: background weight 0 leaves only the 16 foreground pixels of 64.
+  logits = jnp.zeros((2, 8, 8, 1))
+  weighted = _task(2, 'bce', class_weights=(0.0, 2.0)).loss(logits, {'mask': mask})
+  np.testing.assert_allclose(weighted, 2.0 * np.log(2) * 16 / 64, rtol=1e-5)
   dice_only = _task(2, 'dice').loss(wrong, {'mask': mask})
   np.testing.assert_allclose(dice_only, 1 - 1 / 65, rtol=1e-4)  # 1 - (2*0+1)/(48+16+1)
 

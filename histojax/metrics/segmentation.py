@@ -155,4 +155,7 @@ class SegmentationMetrics:
       out[f'dice_{name}'] = float(computed['dice'][c])
       out[f'iou_{name}'] = float(computed['iou'][c])
       out[f'dice_image_{name}'] = float(computed['dice_image'][c])
+      # ignore_empty: images without class c in the ground truth, left out of its per-image
+      # mean (the "skip and count" policy); 0 when they are scored instead.
+      out[f'empty_skipped_{name}'] = float(computed['n_images'] - computed['not_nans'][c])
     return out
