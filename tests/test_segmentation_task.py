@@ -45,3 +45,74 @@ def test_multiclass_losses_and_class_weights():
   with pytest.raises(ValueError, match=r'one per class.*3: background, c1, c2.*class_weights'):
     _task(3, 'ce', class_weights=(1.0, 2.0))
   np.testing.assert_allclose(_task(3, 'ce', class_weights=()).loss(logits, {'mask': mask}), plain)
+
+
+def test_batch_dice_pools_classes_over_the_batch():
+  # Image 0 holds class 1 only, image 1 class 2 only; the prediction is perfect.
+  mask = jnp.zeros((2, 8, 8), jnp.int32).at[0, :4].set(1).at[1, 4:].set(2)
+  logits = 20.0 * jax.nn.one_hot(mask, 3)
+  per_image = _task(3, 'dice').loss(logits, {'mask': mask})
+  batch = _task(3, 'dice', dice_over='batch').loss(logits, {'mask': mask})
+  # Per image the absent class scores (0+1)/(0+1) = 1 only because probabilities are ~0.
+  np.testing.assert_allclose(per_image, 0.0, atol=1e-4)
+  np.testing.assert_allclose(batch, 0.0, atol=1e-4)
+  # Half-confident everywhere: per image, each absent class is pushed down on its own image.
+  soft = jnp.zeros((2, 8, 8, 3))
+  per_image = _task(3, 'dice').loss(soft, {'mask': mask})
+  batch = _task(3, 'dice', dice_over='batch').loss(soft, {'mask': mask})
+  p = 1 / 3
+  present = (2 * 32 * p + 1) / (64 * p + 32 + 1)
+  absent = 1 / (64 * p + 1)
+  np.testing.assert_allclose(per_image, 1 - (present + absent) / 2, rtol=1e-5)
+  pooled = (2 * 32 * p + 1) / (128 * p + 32 + 1)  # each class: 32 px in 128 of the batch
+  np.testing.assert_allclose(batch, [1 - pooled] * 2, rtol=1e-5)
+  with pytest.raises(ValueError, match='dice_over'):
+    _task(3, 'dice', dice_over='pixel')
+
+
+@pytest.mark.parametrize('num_classes,loss', [(2, 'bce+dice'), (3, 'ce+dice')])
+@pytest.mark.parametrize('dice_over', ['image', 'batch'])
+def test_ignored_pixels_do_not_change_the_loss(num_classes, loss, dice_over):
+  task = _task(num_classes, loss, dice_over=dice_over)
+  rng = np.random.default_rng(0)
+  mask = jnp.asarray(rng.integers(0, num_classes, (2, 8, 8)), jnp.int32).at[:, :3].set(-1)
+  logits = jnp.asarray(rng.normal(size=(2, 8, 8, task.out_channels)), jnp.float32)
+  other = logits.at[:, :3].set(100.0)  # anything at the ignored pixels
+  np.testing.assert_allclose(task.loss(logits, {'mask': mask}),
+                             task.loss(other, {'mask': mask}), rtol=1e-6)
+  # ... and the loss equals that of the valid rows alone.
+  np.testing.assert_allclose(task.loss(logits, {'mask': mask}),
+                             task.loss(logits[:, 3:], {'mask': mask[:, 3:]}), rtol=1e-5)
+  metrics = task.train_metrics(other, {'mask': mask}, task.loss(other, {'mask': mask}))
+  expected = np.mean(np.asarray(task._labels(other))[:, 3:] == np.asarray(mask)[:, 3:])
+  np.testing.assert_allclose(metrics['pixel_accuracy'], expected, rtol=1e-6)
+
+
+def test_object_min_size_is_chosen_on_val_and_applied_to_test():
+  config = ml_collections.ConfigDict(dict(
+      seed=0, loss='bce+dice', object_min_size=0, object_min_size_candidates=(4, 50, 400),
+      data=dict(crop_size=8, augment=None),
+      inference=dict(window=(8, 8), overlap=0.25, blend='constant', window_batch=2)))
+  task = segmentation.SegmentationTask(config, {'num_classes': 2, 'instance_masks': True})
+  rng = np.random.default_rng(0)
+
+  def example():
+    gt = np.zeros((96, 96), np.int32)
+    gt[10:40, 10:40], gt[55:90, 50:85] = 1, 2  # two glands of 900 and 1,225 px
+    pred = (gt > 0).astype(np.int32)
+    for y in rng.choice(np.arange(45, 94, 3), 6, replace=False):  # separate 2x2 speckles
+      pred[y:y + 2, 2:4] = 1
+    return {'image': np.zeros((96, 96, 3), np.uint8), 'mask': gt}, pred
+
+  pairs = [example() for _ in range(3)]
+  preds = iter([p for _, p in pairs] * 2)
+  task.predict_image = lambda *args: (None, next(preds))
+  source = [e for e, _ in pairs]
+  val = task.evaluate(None, None, source, mesh=None)
+  assert val[0]['object_f1'] < 1.0  # min size 0 during training: speckles are objects
+  scalars, _ = task.select_on_val(val)
+  assert task.object_min_size == 50  # 4 keeps the 4-px speckles; 400 would also do: smaller wins
+  assert scalars['object_f1'] == 1.0 and scalars['dice'] == val[0]['dice']
+  test = task.evaluate(None, None, source, mesh=None)
+  assert test[0]['object_f1'] == 1.0
+  assert 'chosen on val' in task.min_size_note
