@@ -273,8 +273,10 @@ class SegmentationTask:
     if self.object_metrics:
       lines += ['- `object_f1`, `object_dice`, `object_hausdorff`: GlaS challenge object-level '
                 'metrics (area-weighted, pooled over the part). Predicted objects are connected '
-                'components; ground-truth objects too (our GlaS masks are binary), so touching '
-                'glands merge: not directly comparable with published instance-level numbers.']
+                'components. Ground-truth objects are the instance labels of the masks, or the '
+                'connected components of binary masks (the dataset notes above say which); then '
+                'touching glands merge and the numbers are not directly comparable with '
+                'published instance-level ones.']
       if self.min_size_note:
         lines.append(f'- {self.min_size_note}')
     if self.detection:
