@@ -80,8 +80,9 @@ def write(workdir, config, task, results, final_step, loop, info, extra=()):
       f'# Report: {config.get("dataset", "")} / {config.model.name}',
       '',
       f'- written: {datetime.datetime.now().isoformat(timespec="seconds")}',
-      f'- evaluated checkpoint: step {final_step} (best by {config.best_metric}, '
-      f'{config.best_mode}: {loop["best_value"]})',
+      f'- evaluated checkpoint: step {final_step} ' + (
+          f'(best by {config.best_metric}, {config.best_mode}: {loop["best_value"]})'
+          if loop['best_step'] is not None else '(the last: no validation score selected one)'),
       f'- early stopped: {loop["stopped_early"]}',
       f'- validation: carved from the training data; test parts read only for this report',
       '',

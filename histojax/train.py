@@ -92,6 +92,8 @@ def make_eval_step(model, task):
 
 
 def _improved(value, best, mode):
+  if value is None or not np.isfinite(value):  # an undefined metric never selects a step
+    return False
   return best is None or (value > best if mode == 'max' else value < best)
 
 
@@ -111,6 +113,10 @@ def train_and_evaluate(config, workdir, mode='train'):
   # --------------------------------------------------------------------- input
   splits = pipeline.get_splits(config)
   pipeline.log_info(splits)
+  has_val = len(splits.val) > 0
+  if not has_val:  # e.g. data.val_fraction=0: train on every training image
+    logging.warning('No validation examples: no model selection and no early stopping; the '
+                    'final report evaluates the last checkpoint.')
   task = tasks.get_task(config, splits.info)
   repeats = config.data.get('repeats_per_epoch', 1)
   per_epoch = pipeline.steps_per_epoch(len(splits.train) * repeats, config.batch_size)
@@ -236,7 +242,7 @@ def train_and_evaluate(config, workdir, mode='train'):
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         stop = bool(np.any(multihost_utils.process_allgather(np.array(bool(stop_requested)))))
     val = None
-    if step % eval_every == 0 or step == total_steps:
+    if has_val and (step % eval_every == 0 or step == total_steps):
       val, val_details = evaluate(state, splits.val)
       val = {f'val/{k}': v for k, v in val.items()}
       writer.write(step, val)
@@ -281,12 +287,14 @@ def train_and_evaluate(config, workdir, mode='train'):
   if final_step is not None and final_step != int(state.step):
     state, _ = ckpts.restore(final_step, checkpoint.abstract(state))
   final_step = int(state.step)
-  results = {'val': evaluate(state, splits.val)}
-  if hasattr(task, 'select_on_val'):  # post-processing tuned on val only, before any test
-    results['val'] = task.select_on_val(results['val'])
-    if is_main:  # --mode=predict applies the same post-processing
-      (workdir / 'postprocess.json').write_text(json.dumps(task.postprocess_settings()))
-  writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'][0].items()})
+  results = {}
+  if has_val:
+    results['val'] = evaluate(state, splits.val)
+    if hasattr(task, 'select_on_val'):  # post-processing tuned on val only, before any test
+      results['val'] = task.select_on_val(results['val'])
+    writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'][0].items()})
+  if is_main and hasattr(task, 'postprocess_settings'):  # --mode=predict applies the same
+    (workdir / 'postprocess.json').write_text(json.dumps(task.postprocess_settings()))
   for part, source in splits.tests.items():
     results[part] = evaluate(state, source)
     writer.write(final_step, {f'{part}/{k}': v for k, v in results[part][0].items()})

@@ -196,3 +196,20 @@ def test_skip_bad_skips_undecodable_files_at_dataset_level(tmp_path):
   config.data.skip_bad = True
   parts = datasets.get_splits(config)
   assert any('Skipped bad input' in n and 'gray.png' in n for n in parts.info['notes'])
+
+
+def test_no_validation_split_evaluates_the_last_checkpoint(tmp_path):
+  """data.val_fraction=0 trains on every GlaS training image: no val evaluations, no model
+  selection, the last checkpoint is reported (not the first evaluated one)."""
+  require_data('glas')
+  import json
+  from histojax import train
+  config = _config('warwick_unet')
+  config.data.val_fraction = 0.0
+  config.eval_every_steps = 2
+  results = train.train_and_evaluate(config, tmp_path / 'w')
+  assert 'val' not in results and results['testA']['count'] > 0
+  lines = [json.loads(l) for l in (tmp_path / 'w' / 'metrics.jsonl').read_text().splitlines()]
+  assert not any(k.startswith(('val/', 'final_val/')) for l in lines for k in l)
+  assert {l['step'] for l in lines if 'testA/dice' in l} == {config.total_steps}
+  assert '(the last: no validation score selected one)' in (tmp_path / 'w' / 'report.md').read_text()
