@@ -5,7 +5,8 @@ r"""histojax entry point.
   python launch.py --mode=predict --workdir=W --input=IMAGE|FOLDER|CSV --output=DIR
 
 `--mode=train` trains (resuming from W's latest checkpoint if there is one), then evaluates the
-best checkpoint on the test split and writes W/report.md. `--mode=eval` only does the latter. `--mode=predict` applies W's best checkpoint to new images.
+best checkpoint on the test split and writes W/report.md. `--mode=eval` only does the latter.
+`--mode=predict` applies W's best checkpoint to new images.
 """
 import logging
 import os

@@ -200,8 +200,9 @@ def _points_seg(config):
   parts = _split_by_group(stored['examples'], [r.group for r in records], None, config, notes,
                           cache_train=config.data.get('cache_train', True))
   names = ['background', *merged]
-  notes = notes + [f'Skipped bad input: {s}' for s in records.skipped] + [f'Masks: discs of radius {radius} px around annotated nuclei '
-                   f'({"per-class type map" if types else "binary"}); split by image.']
+  notes = notes + [f'Skipped bad input: {s}' for s in records.skipped] + [
+      f'Masks: discs of radius {radius} px around annotated nuclei '
+      f'({"per-class type map" if types else "binary"}); split by image.']
   if untyped:
     notes.append('Nuclei without a type label are drawn as "ignore": they count in neither '
                  'the loss nor the pixel metrics (only typed nuclei are scored).')
