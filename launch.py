@@ -6,7 +6,12 @@ r"""histojax entry point.
 
 `--mode=train` trains (resuming from W's latest checkpoint if there is one), then evaluates the
 best checkpoint on the test split and writes W/report.md. `--mode=eval` only does the latter.
-`--mode=predict` applies W's best checkpoint to new images.
+`--mode=predict` applies W's best checkpoint to new images. In eval and predict, --config is
+optional (W/config.json is used); given, its run-time settings (inference.*, eval batch, report
+options) apply, and keys that shape the model or data must match the run's.
+
+Expected errors (bad data, a bad config value, a refused workdir, a diverged loss) print one
+message and exit with status 1; `--debug` shows their traceback.
 """
 import logging
 import os
@@ -24,6 +29,7 @@ flags.DEFINE_string('output', None, 'predict: folder for masks/overlays or predi
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.DEFINE_bool('debug', False, 'Show the traceback of expected errors too.')
 FLAGS = flags.FLAGS
 
 
@@ -37,27 +43,42 @@ def quiet_orbax():
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    from histojax import errors  # pylint: disable=g-import-not-at-top
+    if FLAGS.debug or not isinstance(e, errors.UserError):
+      raise
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.write(f'histojax: error: {e}\n')
+    sys.stderr.flush()
+    # Skip interpreter teardown: background threads of orbax/grain/asyncio print noise there
+    # ("Event loop is closed"); files are already closed by the code that raised.
+    os._exit(1)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.workdir is None:
     raise app.UsageError('--workdir is required.')
+  from histojax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if FLAGS.mode == 'predict':
     if not (FLAGS.input and FLAGS.output):
       raise app.UsageError('--mode=predict needs --input and --output.')
     logging.getLogger().setLevel(logging.INFO)
     quiet_orbax()
     from histojax import predict  # pylint: disable=g-import-not-at-top
-    predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output)
+    predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output, config=FLAGS.config)
     return
   config = FLAGS.config
   if config is None:
-    saved = os.path.join(FLAGS.workdir, 'config.json')
-    if FLAGS.mode != 'eval' or not os.path.exists(saved):
+    if FLAGS.mode != 'eval':
       raise app.UsageError('--config is required (or --mode=eval on a workdir with config.json).')
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    import json  # pylint: disable=g-import-not-at-top
-    with open(saved, encoding='utf-8') as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = workdir_lib.saved_config(FLAGS.workdir)
+    if config is None:
+      raise app.UsageError(f'--mode=eval without --config needs {FLAGS.workdir}/config.json.')
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or config.distributed:
     if jax.config.jax_platforms in (None, '', 'cpu') and FLAGS.coordinator_address:

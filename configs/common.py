@@ -51,6 +51,8 @@ def base_config():
   c.eval_every_epochs = 1.0
   c.ckpt_every_steps = placeholder(int)
   c.ckpt_every_epochs = 1.0
+  c.ckpt_keep = 2                  # newest checkpoints kept besides the best (a damaged newest
+                                   # one falls back to the one before it)
   c.init_from = placeholder(str)   # transfer learning: a workdir, checkpoint or .npz
   # With init_from: train only these top-level modules for `steps` steps, then everything.
   c.freeze = ml_collections.ConfigDict(dict(head=('head',), steps=0))
@@ -73,6 +75,10 @@ def base_config():
   c.data.max_eval_examples = placeholder(int)
   c.data.max_source_images = placeholder(int)
   c.data.root = placeholder(str)   # bring-your-own data folder
+  # Class names in label order, e.g. ('A', 'B'): the class folders to use, the labels a CSV may
+  # hold (any other label is an error), the nucleus types to keep. None: inferred / all.
+  # On the command line: --config.data.classes='("A","B")' (or A,B: split into names).
+  c.data.classes = placeholder(tuple)
   c.data.skip_bad = False          # True: warn, skip and count unreadable inputs
   c.data.allow_leakage = False     # True: item-level random split (leaks; warns and says so)
   c.data.tfds_data_dir = placeholder(str)

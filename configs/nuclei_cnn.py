@@ -5,6 +5,7 @@ on its Kaggle data; different data and protocol).
 Command:  python launch.py --config=configs/nuclei_cnn.py --workdir=workdirs/nuclei_cnn
 Seed's Kaggle layout (train.csv = filename,label; train/ = 100x100 patches; gray if grayscale):
           python launch.py --config=configs/nuclei_cnn.py:csv=train.csv,images=train[,gray] ...
+          (add classes=A+B+C to refuse any other label in the CSV: typos are not new classes)
           python launch.py --mode=predict --workdir=W --input=test/ --output=OUT
           (OUT/predictions.csv: filename,label,p_<class>..., the seed's submission format)
 Smoke:    python launch.py --config=configs/nuclei_cnn.py:smoke --workdir=/tmp/nc
@@ -21,12 +22,15 @@ from configs import common
 from histojax.data import augment
 
 
-def use_label_csv(c, csv, images, gray):
-  """The seed's Kaggle layout: equal-size patches in `images`, labels in a filename,label CSV."""
+def use_label_csv(c, csv, images, gray, classes=''):
+  """The seed's Kaggle layout: equal-size patches in `images`, labels in a filename,label CSV;
+  `classes` ('A+B+C'): the only labels allowed, in label order (else inferred and logged)."""
   c.dataset = 'csv_patches'
   c.data.csv, c.data.images = csv, images
   if not images:
     raise ValueError('config argument csv=... needs images=DIR (the folder of patches).')
+  if classes:
+    c.data.classes = tuple(classes.split('+'))
   c.data.channels = 1 if gray else 3
   if gray:  # no stain or colour jitter on grayscale patches
     c.data.augment = dict(augment.FLIPS_ONLY, rotate_deg=15.0, p_rotate_deg=0.5,
@@ -36,7 +40,7 @@ def use_label_csv(c, csv, images, gray):
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False, bf16=False, csv='', images='', gray=False,
-                         folds=0, fold=0)
+                         classes='', folds=0, fold=0)
   c = common.base_config()
   c.task, c.dataset = 'classification', 'crchisto_patches'
   c.data.patch_size = 100
@@ -45,8 +49,10 @@ def get_config(arg=None):
                         hed_bias=0.02, p_hed=0.5, brightness=0.1, contrast=0.1)
   c.data.workers = 4
   c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+  if arg.classes and not arg.csv:
+    raise ValueError('config argument classes=... is for the CSV layout (csv=...,images=...).')
   if arg.csv:
-    use_label_csv(c, arg.csv, arg.images, arg.gray)
+    use_label_csv(c, arg.csv, arg.images, arg.gray, arg.classes)
   common.set_folds(c, arg)
   c.model = dict(name='cnn', features=(32, 32, 64, 64, 128, 128), pool_after=(1, 3, 5),
                  dense=256, dropout=0.5, batch_norm=True, pooling='gap')

@@ -5,8 +5,9 @@ weights (seed: ResNet18 0.977 accuracy on its Kaggle data; different data and pr
 Command:  python launch.py --config=configs/nuclei_resnet18.py --workdir=workdirs/nuclei_r18
 Transfer: python launch.py --config=configs/nuclei_resnet18.py:imagenet \
             --config.init_from=resnet18.npz --workdir=...   (torchvision weights, see README)
-Seed's Kaggle layout: add csv=train.csv,images=train[,gray] (see nuclei_cnn.py); with gray and
-          imagenet, the first conv of the torchvision weights is summed over RGB.
+Seed's Kaggle layout: add csv=train.csv,images=train[,gray][,classes=A+B+C] (see
+          nuclei_cnn.py); with gray and imagenet, the first conv of the torchvision weights is
+          summed over RGB.
 Smoke:    python launch.py --config=configs/nuclei_resnet18.py:smoke --workdir=/tmp/nr
 
 Split by source image 70/10/20; bf16; flips/rot90, small rotations, HED jitter; AdamW +
@@ -22,10 +23,12 @@ from configs import common, nuclei_cnn
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False, imagenet=False, fp32=False, csv='', images='',
-                         gray=False, folds=0, fold=0)
+                         gray=False, classes='', folds=0, fold=0)
   c = nuclei_cnn.get_config('smoke' if arg.smoke else None)
+  if arg.classes and not arg.csv:
+    raise ValueError('config argument classes=... is for the CSV layout (csv=...,images=...).')
   if arg.csv:
-    nuclei_cnn.use_label_csv(c, arg.csv, arg.images, arg.gray)
+    nuclei_cnn.use_label_csv(c, arg.csv, arg.images, arg.gray, arg.classes)
   common.set_folds(c, arg)
   c.model = dict(name='resnet18', stem='imagenet' if arg.imagenet else 'small')
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'

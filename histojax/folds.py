@@ -17,6 +17,8 @@ import math
 import os
 import sys
 
+from histojax import writers
+
 DEFAULT_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1',
                    'majority_baseline', 'dice', 'mean_iou', 'detection_f1', 'count')
 
@@ -26,14 +28,8 @@ def final_metrics(workdir: str, part: str = 'test') -> dict[str, float]:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no metrics.jsonl (has this fold finished training?)')
-  found = {}
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{n}: not a JSON line ({e}).') from e
-      found.update({k[len(part) + 1:]: v for k, v in row.items() if k.startswith(part + '/')})
+  rows = writers.read_jsonl(path)  # tolerates a torn last line; later rows supersede
+  found = {k[len(part) + 1:]: v for k, v in writers.latest(rows, part + '/').items()}
   if not found:
     raise ValueError(f'{path}: no {part}/* metrics; the final report of this run is missing '
                      f'(re-run `launch.py --mode=eval --workdir={workdir}`).')

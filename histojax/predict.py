@@ -11,24 +11,25 @@ Classification: DIR/predictions.csv with `filename,label` and one probability co
 A CSV input lists images in its first column (header `filename` or none), relative to the
 CSV's folder. Images must have the training patch size (no silent resizing: it would change
 the magnification); channels are converted (RGB <-> grayscale).
-Unreadable or wrong-size inputs are reported and skipped; files already written are never
-removed (a rerun into the same DIR rewrites its outputs).
+Unreadable, wrong-size or oversized inputs (over PIL's decompression-bomb limit, about 179
+Mpx) are reported and skipped; files already written are never removed (a rerun into the same
+DIR rewrites its outputs). Dot files (macOS `._*`, `.DS_Store`) in a folder are ignored.
+With --config, its run-time settings (e.g. `--config.inference.tta=none`) apply.
 """
 import collections
 import csv
-import json
 import logging
 import pathlib
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 import tqdm
 
-from histojax import checkpoint, models, sharding, tasks
+from histojax import checkpoint, errors, models, sharding, tasks
+from histojax import workdir as workdir_lib
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 
@@ -43,7 +44,8 @@ def list_inputs(input_path) -> list[tuple[pathlib.Path, str]]:
   """[(path, name to report it by)]: a CSV's own entries, else file names."""
   path = pathlib.Path(input_path)
   if path.is_dir():
-    files = [(p, p.name) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    files = [(p, p.name) for p in sorted(path.iterdir())
+             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.')]
   elif path.suffix.lower() == '.csv':
     with open(path, newline='', encoding='utf-8') as f:
       rows = [r for r in csv.reader(f) if r]
@@ -53,9 +55,9 @@ def list_inputs(input_path) -> list[tuple[pathlib.Path, str]]:
   elif path.is_file():
     files = [(path, path.name)]
   else:
-    raise FileNotFoundError(f'--input {path}: no such image, folder or CSV.')
+    raise errors.UserError(f'--input {path}: no such image, folder or CSV.')
   if not files:
-    raise FileNotFoundError(f'--input {path}: no images found ({", ".join(IMAGE_SUFFIXES)}).')
+    raise errors.UserError(f'--input {path}: no images found ({", ".join(IMAGE_SUFFIXES)}).')
   return files
 
 
@@ -67,7 +69,11 @@ def _output_stems(files):
 
 
 def _read(path, channels, size=None):
-  with Image.open(path) as image:
+  try:
+    image = Image.open(path)
+  except Image.DecompressionBombError as e:
+    raise ValueError(f'too large to decode whole ({e}); tile it into smaller images first') from e
+  with image:
     image.load()
     if size is not None and image.size != (size[1], size[0]):
       raise ValueError(f'{image.size[0]}x{image.size[1]} px, but the model was trained on '
@@ -77,21 +83,23 @@ def _read(path, channels, size=None):
   return array[..., None] if channels == 1 else array
 
 
-def run(workdir, input_path, output_dir):
+def run(workdir, input_path, output_dir, config=None):
+  """Predicts every input; returns the list of skipped inputs with their reasons."""
   workdir, output_dir = pathlib.Path(workdir), pathlib.Path(output_dir)
   config_file, info_file = workdir / 'config.json', workdir / 'dataset_info.json'
   for f in (config_file, info_file):
     if not f.exists():
-      raise FileNotFoundError(f'{f} not found: --workdir must be a histojax training run.')
-  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-  info = json.loads(info_file.read_text())
+      raise errors.WorkdirError(f'{f} not found: --workdir must be a histojax training run.')
+  config = (workdir_lib.saved_config(workdir) if config is None
+            else workdir_lib.accept_config(workdir, config, 'predict'))
+  info = workdir_lib.read_json(info_file, 'dataset info')
   files = list_inputs(input_path)
   output_dir.mkdir(parents=True, exist_ok=True)
 
   task = tasks.get_task(config, info)
   model = models.get_model(config, getattr(task, 'out_channels', info['num_classes']))
   mesh = sharding.make_mesh(config)
-  saved = checkpoint.load_variables(workdir)
+  saved = checkpoint.load_variables(workdir)  # logs which checkpoint step it loaded
   variables = jax.device_put(Variables(saved['params'], saved['batch_stats']),
                              sharding.replicated(mesh))
   shape = info['input_shape']  # one training example's image shape (H, W, C)
@@ -99,7 +107,8 @@ def run(workdir, input_path, output_dir):
   progress = tqdm.tqdm(total=len(files), desc='predict', unit='image')
   if config.task == 'segmentation':
     settings_file = workdir / 'postprocess.json'
-    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    settings = (workdir_lib.read_json(settings_file, 'post-processing choice')
+                if settings_file.exists() else {})
     if settings:
       logging.info('Post-processing chosen on val (%s): %s', settings_file, settings)
     for (path, _), stem in zip(files, _output_stems(files)):

@@ -25,7 +25,7 @@ def plot_curves(workdir, names):
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
   for ax, name in zip(axes[0], names):
     for split in ('train', 'val'):
-      pts = [(r['step'], r[f'{split}/{name}']) for r in rows if f'{split}/{name}' in r]
+      pts = writers.by_step(rows, f'{split}/{name}')  # a resume may repeat steps
       if pts:
         ax.plot(*zip(*pts), label=split, marker='.' if split == 'val' else None)
     ax.set_xlabel('step')

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from histojax import checkpoint, models, report, schedules, sharding, tasks, writers
+from histojax import checkpoint, errors, models, report, schedules, sharding, tasks, writers
+from histojax import workdir as workdir_lib
 from histojax.data import pipeline
 
 
@@ -98,11 +99,37 @@ def _improved(value, best, mode):
 
 
 def train_and_evaluate(config, workdir, mode='train'):
+  """Trains (resuming W's newest checkpoint) and writes the final report; mode='eval' only
+  reports. Returns {part: scalars} of the final report, or None when stopped by a signal."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, mode)
+
+
+def _train_and_evaluate(config, workdir, mode):
   is_main = jax.process_index() == 0
-  if is_main:
-    (workdir / 'config.json').write_text(config.to_json(indent=2))
+  workdir_lib.check_values(config)
+  # Refused before anything is written: a config that does not fit the saved run.
+  config = workdir_lib.accept_config(workdir, config, mode)
+  ckpts = checkpoint.Checkpoints(workdir / 'checkpoints', read_only=mode == 'eval')
+  if mode == 'eval' and ckpts.latest_step() is None:
+    raise errors.WorkdirError(f'--mode=eval: no checkpoint in {ckpts.directory}.')
+  if is_main and mode == 'train':
+    workdir_lib.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
+  writer = writers.MetricWriter(workdir, enabled=is_main)
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    return _run(config, workdir, mode, ckpts, writer)
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+    writer.close()
+    ckpts.close()
+
+
+def _run(config, workdir, mode, ckpts, writer):
+  is_main = jax.process_index() == 0
 
   # ---------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config)
@@ -124,10 +151,11 @@ def train_and_evaluate(config, workdir, mode='train'):
   log_every = config.log_every_steps
   eval_every = schedules.steps('eval_every', config, per_epoch, default=total_steps)
   ckpt_every = schedules.steps('ckpt_every', config, per_epoch, default=total_steps)
-  train_iter = pipeline.train_stream(
-      splits.train, global_batch=config.batch_size, seed=config.seed,
-      workers=config.data.workers, transform=task.train_transform, repeats_per_epoch=repeats,
-      **hosts)
+  def train_stream(start_batch):  # one batch per step: the step is the stream's position
+    return pipeline.train_stream(
+        splits.train, global_batch=config.batch_size, seed=config.seed,
+        workers=config.data.workers, transform=task.train_transform, repeats_per_epoch=repeats,
+        start_batch=start_batch, **hosts)
 
   # ---------------------------------------------------------- model, optimizer
   model = models.get_model(config, getattr(task, 'out_channels', splits.info['num_classes']))
@@ -142,7 +170,7 @@ def train_and_evaluate(config, workdir, mode='train'):
   if is_main:  # what --mode=predict needs to rebuild the task without the data
     info = {k: v for k, v in splits.info.items() if k != 'notes'}
     info['input_shape'] = list(sample['image'].shape[1:])
-    (workdir / 'dataset_info.json').write_text(json.dumps(info, indent=2))
+    workdir_lib.write_json_atomic(workdir / 'dataset_info.json', info)
   state = jax.jit(make_init(model, task, tx, sample),
                   out_shardings=sharding.replicated(mesh))(init_rng)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -166,18 +194,15 @@ def train_and_evaluate(config, workdir, mode='train'):
     return task.summarize(total.compute())
 
   # ------------------------------------------------------------------- restore
-  ckpts = checkpoint.Checkpoints(workdir / 'checkpoints', best_metric=config.best_metric,
-                                 best_mode=config.best_mode)
   loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False}
-  start = ckpts.latest_step()
-  if mode == 'eval' and start is None:
-    raise FileNotFoundError(f'--mode=eval: no checkpoint in {ckpts.manager.directory}.')
-  if start is not None:  # own workdir first: a resumed run never re-initialises
-    state, saved = ckpts.restore(start, checkpoint.abstract(state))
-    train_iter.set_state(saved['data_iterator'])
+  # Own workdir first: a resumed run never re-initialises. A damaged newest checkpoint is
+  # skipped (kept, moved aside when training) and the newest readable one is used.
+  restored = ckpts.restore_newest(checkpoint.abstract(state), quarantine=mode == 'train')
+  if restored is not None:
+    start, state, saved = restored
     loop.update(saved['loop'])
     logging.info('%s %s at step %d.', 'Restored' if mode == 'eval' else 'Resumed from',
-                 ckpts.manager.directory, start)
+                 ckpts.directory, start)
   elif config.get('init_from') and mode == 'train':
     stem = state.params.get('conv1', {}).get('kernel')  # ResNet: adapt .npz RGB weights to it
     source = checkpoint.load_variables(config.init_from,
@@ -197,17 +222,19 @@ def train_and_evaluate(config, workdir, mode='train'):
                       "needs the ImageNet stem: configs/nuclei_resnet18.py:imagenet.)",
                       config.init_from, len(body), ', '.join(heads) or '-', ', '.join(body))
 
-  def save(state, metrics=None):
+  def save(state):
     step = int(state.step)
-    ckpts.save(step, state, {'data_iterator': train_iter.get_state(), 'loop': loop,
-                             'config': json.loads(config.to_json())}, metrics)
+    ckpts.save(step, state, {'data_position': step, 'loop': loop,
+                             'config': json.loads(config.to_json())},
+               keep=(loop['best_step'],), newest=config.get('ckpt_keep', 1))
 
   # ---------------------------------------------------------------------- loop
-  writer = writers.MetricWriter(workdir, enabled=is_main)
   stop_requested = []
-  if mode == 'train':
-    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+  if mode == 'train':  # Ctrl-C and SIGTERM: save, then exit cleanly; re-run to resume
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, lambda signum, _: stop_requested.append(signal.Signals(signum).name))
   step = int(state.step)
+  train_iter = train_stream(step) if mode == 'train' and step < total_steps else None
   progress = writers.Progress(total_steps, step)
   pending = []  # (step, metrics on device) since the last log: checked for NaN/inf there
 
@@ -219,10 +246,19 @@ def train_and_evaluate(config, workdir, mode='train'):
     losses = np.array([v['loss'] for v in values])
     if not np.all(np.isfinite(losses)):
       bad = steps_done[int(np.argmin(np.isfinite(losses)))]
-      ckpts.close()
-      raise FloatingPointError(
-          f'Non-finite training loss at step {bad}. Stopped; the last good checkpoint '
-          f'(step {ckpts.latest_step()}) in {ckpts.manager.directory} is kept.')
+      # The loss of step k is computed with the parameters saved as checkpoint k-1: that
+      # checkpoint and any later one led to the divergence. Set them aside (kept) so that a
+      # re-run with a lower learning rate resumes from before it.
+      diverged = [s for s in ckpts.steps() if s >= bad - 1]
+      for s in diverged:
+        ckpts.set_aside(s, 'checkpoints_diverged')
+      resume = ckpts.latest_step()
+      raise errors.TrainingDiverged(
+          f'Non-finite training loss at step {bad}. Stopped' + (
+              f'; checkpoints {diverged} led to it and were moved to '
+              f'{workdir / "checkpoints_diverged"} (kept)' if diverged else '') +
+          '. To go on, re-run with a lower --config.optimizer.lr: it ' + (
+              f'resumes from step {resume}.' if resume is not None else 'starts afresh.'))
     scalars = {f'train/{k}': float(np.mean([v[k] for v in values])) for k in values[0]}
     scalars['train/lr'] = float(lr_fn(steps_done[-1] - 1))
     rate = progress.line(steps_done[-1], scalars)
@@ -266,26 +302,25 @@ def train_and_evaluate(config, workdir, mode='train'):
     if (step % ckpt_every == 0 or step == total_steps or stop
         or (val is not None and loop['best_step'] == step)):
       flush_train_metrics()
-      save(state, val)
+      save(state)
     if stop:
       if stop_requested:
-        logging.info('SIGTERM: saved step %d; re-run the same command to resume.', step)
+        logging.info('%s: saved step %d; re-run the same command to resume.',
+                     stop_requested[0], step)
       break
   flush_train_metrics()
-  ckpts.wait()
 
   # ------------------------------------------- final report (best checkpoint, test)
-  if stop_requested:
-    ckpts.close()
-    writer.close()
+  if stop_requested or (mode == 'train' and step < total_steps and not loop['stopped_early']):
     return None
-  if mode == 'train' and step < total_steps and not loop['stopped_early']:
-    ckpts.close()
-    writer.close()
-    return None
-  final_step = loop['best_step'] or ckpts.latest_step()
+  final_step = loop['best_step'] if loop['best_step'] is not None else ckpts.latest_step()
+  if final_step is not None and final_step not in ckpts.steps():
+    logging.warning('The best checkpoint (step %d) is missing from %s; reporting the latest '
+                    '(step %d) instead.', final_step, ckpts.directory, ckpts.latest_step())
+    final_step = ckpts.latest_step()
   if final_step is not None and final_step != int(state.step):
-    state, _ = ckpts.restore(final_step, checkpoint.abstract(state))
+    final_step, state, _ = ckpts.restore_newest(checkpoint.abstract(state),
+                                                steps=[final_step, ckpts.latest_step()])
   final_step = int(state.step)
   results = {}
   if has_val:
@@ -294,7 +329,7 @@ def train_and_evaluate(config, workdir, mode='train'):
       results['val'] = task.select_on_val(results['val'])
     writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'][0].items()})
   if is_main and hasattr(task, 'postprocess_settings'):  # --mode=predict applies the same
-    (workdir / 'postprocess.json').write_text(json.dumps(task.postprocess_settings()))
+    workdir_lib.write_json_atomic(workdir / 'postprocess.json', task.postprocess_settings())
   for part, source in splits.tests.items():
     results[part] = evaluate(state, source)
     writer.write(final_step, {f'{part}/{k}': v for k, v in results[part][0].items()})
@@ -312,6 +347,4 @@ def train_and_evaluate(config, workdir, mode='train'):
   for part in results:
     logging.info('Final (step %d): %s %s', final_step, part,
                  ' '.join(f'{k} {v:.4f}' for k, v in results[part][0].items()))
-  ckpts.close()
-  writer.close()
   return {part: scalars for part, (scalars, _) in results.items()}

@@ -1,6 +1,14 @@
-"""metrics.jsonl + TensorBoard (tensorboardX, no TensorFlow) + a console progress line."""
+"""metrics.jsonl + TensorBoard (tensorboardX, no TensorFlow) + a console progress line.
+
+metrics.jsonl is append-only, one JSON object per line, each written whole and flushed, so a
+crash can tear at most the line being written; the next run drops such a torn tail (warning)
+before appending. Rows repeat when a run resumes from a checkpoint older than its last log
+line, or is extended after its final report: readers take, for each key, the last row that has
+it (`latest`), and for curves the last value per step (`by_step`).
+"""
 import json
 import logging
+import os
 import pathlib
 import time
 
@@ -15,6 +23,7 @@ class MetricWriter:
     self._tb = None
     if enabled:
       workdir = pathlib.Path(workdir)
+      repair_torn_tail(workdir / 'metrics.jsonl')
       self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(workdir / 'tensorboard'))
@@ -25,8 +34,9 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     # NaN (e.g. Dice of a class absent from every image) is written as null: valid JSON.
     row = {k: (v if np.isfinite(v) else None) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **row}) + '\n')
+    self._jsonl.write(json.dumps({'step': int(step), **row}) + '\n')  # one write per row
     self._jsonl.flush()
+    os.fsync(self._jsonl.fileno())
     for k, v in row.items():
       if v is not None:
         self._tb.add_scalar(k, v, int(step))
@@ -42,11 +52,48 @@ class MetricWriter:
       self._tb.close()
 
 
+def repair_torn_tail(path):
+  """Cuts a last line that a crash left unfinished (no newline at the end of the file)."""
+  path = pathlib.Path(path)
+  if not path.exists() or path.stat().st_size == 0:
+    return
+  data = path.read_bytes()
+  if data.endswith(b'\n'):
+    return
+  keep = data.rfind(b'\n') + 1
+  logging.warning('%s ended in a torn line (%d bytes, from a crash mid-write); dropped it: %r',
+                  path, len(data) - keep, data[keep:keep + 80])
+  with open(path, 'r+b') as f:
+    f.truncate(keep)
+
+
 def read_jsonl(path):
+  """Rows of metrics.jsonl; a line that is not JSON (torn by a crash) is skipped, warned."""
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  rows = []
+  for n, line in enumerate(path.read_text(encoding='utf-8', errors='replace').splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      logging.warning('%s:%d is not a JSON line (torn by a crash?); skipped.', path, n)
+  return rows
+
+
+def latest(rows, prefix=''):
+  """{key: value} from the last row that has each key starting with `prefix`."""
+  out = {}
+  for row in rows:
+    out.update({k: v for k, v in row.items() if k.startswith(prefix) and k != 'step'})
+  return out
+
+
+def by_step(rows, key):
+  """[(step, value)] of `key`, the last row winning for a repeated step, sorted by step."""
+  return sorted({r['step']: r[key] for r in rows if key in r}.items())
 
 
 class Progress:

@@ -17,6 +17,10 @@ once as tfds array_record datasets (store.py).
 GlaS keeps its official testA/testB; everything else carves train/val/test with
 `config.data.fractions`, or, with `config.data.folds=K`, tests fold `data.fold` of K
 group-disjoint folds (splits.group_kfold). Validation always comes from training images.
+
+The stored datasets are keyed by a fingerprint of every input file a builder reads (images,
+masks, .mat / JSON annotations, label CSVs, Grade.csv: content hashes), its settings and its
+FORMAT version, so an edited input never reuses a stale build.
 """
 import logging
 
@@ -80,10 +84,42 @@ def _fractions(config):
   return dict(config.data.get('fractions') or {'train': 0.7, 'val': 0.1, 'test': 0.2})
 
 
+def _classes(config):
+  """config.data.classes as a tuple, or None. `--config.data.classes=A,B` arrives as the one
+  string 'A,B' (and a config argument may use A+B): such a string is split."""
+  classes = config.data.get('classes')
+  if not classes:
+    return None
+  if isinstance(classes, str):
+    classes = (classes,)
+  if len(classes) == 1 and any(sep in classes[0] for sep in ',+'):
+    classes = [c for c in classes[0].replace('+', ',').split(',') if c.strip()]
+  return tuple(str(c).strip() for c in classes)
+
+
+# Bump a builder's version when its examples change for the same inputs and settings, so that
+# datasets stored by an older histojax are rebuilt instead of reused.
+FORMAT = {'glas': 2, 'crchisto_points': 2, 'brecahad_points': 2, 'folder_seg': 2,
+          'crchisto_patches': 2, 'glas_tiles': 2, 'folder_tiles': 2, 'csv_patches': 2}
+
+
+def _input_files(records):
+  """Every file the records were read from: image, mask, annotations, Grade.csv."""
+  files = []
+  for r in records:
+    for attr in ('image_path', 'mask_path', 'json_path', 'grade_path'):
+      if getattr(r, attr, None) is not None:
+        files.append(getattr(r, attr))
+    files.extend(getattr(r, 'mat_paths', ()))
+  return files
+
+
 def _fingerprint(config, files, *keys):
+  """Cache key: inputs (content-hashed), dataset, builder format version and settings."""
+  settings = {k: _classes(config) if k == 'classes' else config.data.get(k) for k in keys}
   return {'files': store.fingerprint_files(files), 'dataset': config.dataset,
-          'max_source_images': config.data.get('max_source_images'),
-          **{k: config.data.get(k) for k in keys}}
+          'format': FORMAT[config.dataset],
+          'max_source_images': config.data.get('max_source_images'), **settings}
 
 
 def _split_by_group(stored, groups, labels, config, notes, cache_train=False):
@@ -123,7 +159,7 @@ def _glas(config):
     for r in by_split[split]:
       yield {'image': glas.load_image(r), 'mask': glas.load_mask(r, instances=True)}, r.name
 
-  stored, _ = store.prepare('glas', _fingerprint(config, [r.image_path for r in records]),
+  stored, _ = store.prepare('glas', _fingerprint(config, _input_files(records)),
                          list(by_split), generate,
                          {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
   train, val = splits.glas_val_split(records, config.data.get('val_fraction', 0.2), config.seed)
@@ -161,7 +197,7 @@ def _points_seg(config):
   radius, types = config.data.get('radius', 5.0), config.data.get('types', False)
   merge = config.data.get('merge')
   merge = dict(merge) if merge else None
-  keep = config.data.get('classes')  # e.g. BreCaHAD's nuclear classes only
+  keep = _classes(config)  # e.g. BreCaHAD's nuclear classes only
   # Nuclei without a type: background (0), or IGNORE so the loss and pixel metrics skip them.
   untyped = derive.IGNORE if types and config.data.get('ignore_untyped') else 0
   all_classes = classes
@@ -191,7 +227,7 @@ def _points_seg(config):
              'points': np.asarray(points, np.float32).reshape(-1, 2), 'point_labels': labels
              }, r.name
 
-  files = [r.image_path for r in records]
+  files = _input_files(records)
   stored, _ = store.prepare(config.dataset, _fingerprint(config, files, 'radius', 'types', 'merge',
                                                       'classes', 'ignore_untyped'),
                          ['examples'], generate,
@@ -229,7 +265,7 @@ def _folder_seg(config):
                               '(labels 0..num_classes-1; config key: num_classes).')
       yield {'image': folders.load_image(r), 'mask': mask}, r.name
 
-  files = [r.image_path for r in records] + [r.mask_path for r in records]
+  files = _input_files(records)
   stored, _ = store.prepare('folder_seg', _fingerprint(config, files, 'root') | {'num_classes': k},
                          ['examples'], generate,
                          {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
@@ -260,7 +296,7 @@ def _crchisto_patches(config):
         yield {'image': crop, 'label': np.int32(label)}, [r.name, int(label)]
 
   stored, metas = store.prepare('crchisto_patches',
-                         _fingerprint(config, [r.image_path for r in records], 'patch_size'),
+                         _fingerprint(config, _input_files(records), 'patch_size'),
                          ['examples'], generate,
                          {'image': ((size, size, 3), np.uint8), 'label': ((), np.int32)})
   groups, labels = zip(*metas['examples'])
@@ -281,7 +317,7 @@ def _csv_patches(config):
 
   def list_records(skip_bad):
     records, _, names = folders.csv_labels(
-        config.data.csv, config.data.images, classes=config.data.get('classes'),
+        config.data.csv, config.data.images, classes=_classes(config),
         skip_bad=skip_bad, channels=channels)
     class_names.extend(names)
     return records
@@ -297,8 +333,10 @@ def _csv_patches(config):
                               f'patch must be {size}x{size} (config key data.patch_size).')
       yield {'image': image, 'label': np.int32(r.label)}, [r.name, int(r.label)]
 
+  # The CSV itself is an input: its labels are in the stored examples.
   stored, metas = store.prepare('csv_patches', _fingerprint(
-      config, [r.image_path for r in records], 'csv', 'patch_size', 'channels', 'classes'),
+      config, _input_files(records) + [config.data.csv], 'csv', 'patch_size', 'channels',
+      'classes'),
       ['examples'], generate, {'image': ((size, size, channels), np.uint8),
                                'label': ((), np.int32)})
   groups, labels = zip(*metas['examples'])
@@ -322,18 +360,21 @@ def _tiles(config):
     class_names = ['benign', 'malignant']
     images = [(r.name, r.patient, r.label, r.image_path, lambda r=r: glas.load_image(r))
               for r in records]
+    # Tiles depend on the images and on Grade.csv (label, patient), not on the masks.
+    inputs = [f for r in records for f in (r.image_path, r.grade_path)]
   else:
     from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
     class_names = []
 
     def list_records(skip_bad):
-      records, names = folders.class_folders(config.data.root, classes=config.data.get('classes'),
+      records, names = folders.class_folders(config.data.root, classes=_classes(config),
                                              skip_bad=skip_bad)
       class_names.extend(names)
       return records
     records = _records(config, list_records, folders.load_image)
     images = [(r.name, '', r.label, r.image_path, lambda r=r: folders.load_image(r))
               for r in records]
+    inputs = _input_files(records)
   def generate(split):
     del split
     for name, patient, label, _, load in images:
@@ -343,7 +384,7 @@ def _tiles(config):
         yield {'image': tile, 'label': np.int32(label)}, [name, patient, int(label)]
 
   stored, metas = store.prepare(config.dataset, _fingerprint(
-      config, [p for *_, p, _ in images], 'tile_size', 'tile_stride', 'min_tissue', 'root',
+      config, inputs, 'tile_size', 'tile_stride', 'min_tissue', 'root',
       'classes'), ['examples'], generate, {'image': ((size, size, 3), np.uint8),
                                       'label': ((), np.int32)})
   tiles_meta = metas['examples']

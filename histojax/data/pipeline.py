@@ -1,7 +1,11 @@
 """Dataset splits → grain training stream (host augmentation, per-host rows, resumable) and
 exact, padded evaluation batches."""
 import dataclasses
+import functools
 import logging
+import os
+import threading
+import time
 from typing import Iterator
 
 import grain
@@ -119,12 +123,40 @@ class _TrainExample:
     return example
 
 
+_PARENT_POLL_S = 0.5
+
+
+def _watch_parent(parent_pid):
+  # Reparenting (to init or a subreaper) is the one reliable sign that the parent has died;
+  # pid-liveness checks could be fooled by pid reuse.
+  while os.getppid() == parent_pid:
+    time.sleep(_PARENT_POLL_S)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def _exit_with_parent(parent_pid, worker_index, worker_count):
+  """grain `worker_init_fn`: ends this worker within ~0.5 s of the training process's death.
+
+  A SIGKILLed parent (the OOM killer) runs no cleanup, so without this the workers live on
+  (PPID 1), and with them the resource tracker, which unlinks the shared memory only once every
+  holder of its pipe (parent and workers) is gone. Not PR_SET_PDEATHSIG: that fires when the
+  creating *thread* exits, and grain starts workers from its prefetch threads, which `set_state`
+  (a resume) stops and replaces while the workers live on.
+  """
+  del worker_index, worker_count
+  threading.Thread(target=_watch_parent, args=(parent_pid,), name='exit-with-parent',
+                   daemon=True).start()
+
+
 def train_stream(source, *, global_batch, seed, process_index=0, process_count=1,
-                 workers=0, transform=None, repeats_per_epoch=1) -> grain.DatasetIterator:
-  """Endless, seeded, reshuffled-every-epoch stream of this host's share of each batch.
+                 workers=0, transform=None, repeats_per_epoch=1,
+                 start_batch=0) -> grain.DatasetIterator:
+  """Endless, seeded, reshuffled-every-epoch stream of this host's share of each batch,
+  from batch `start_batch` on.
 
   An epoch visits each training example `repeats_per_epoch` times (e.g. several random crops
-  per whole image). The iterator's position is checkpointable (`get_state`/`set_state`).
+  per whole image). Batch b is a pure function of (seed, b), so the position to checkpoint is
+  one integer (the train loop's step), valid for any number of workers or hosts.
   """
   if global_batch % process_count:
     raise ValueError(f'batch_size {global_batch} is not divisible by {process_count} hosts.')
@@ -134,10 +166,14 @@ def train_stream(source, *, global_batch, seed, process_index=0, process_count=1
   local = global_batch // process_count
   make = _TrainExample(source, n_per_epoch=n, seed=seed, global_batch=global_batch,
                        local=local, process_index=process_index, transform=transform)
-  ds = grain.MapDataset.range(2**62).map(make).batch(local, drop_remainder=True)
+  ds = grain.MapDataset.range(start_batch * local, 2**62).map(make).batch(local,
+                                                                       drop_remainder=True)
   it = ds.to_iter_dataset()
   if workers:
-    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=workers))
+    # The workers are direct children (grain uses 'spawn') of the process iterating, which is
+    # this one: they exit once it has gone, however it died.
+    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=workers),
+                        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return iter(it)
 
 

@@ -57,7 +57,7 @@ def read_json(path: pathlib.Path, height: int, width: int) -> tuple[np.ndarray, 
   try:
     with open(path, encoding='utf-8') as f:
       content = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
     raise paths.DataError(f'Cannot read BreCaHAD annotation {path}: {e}') from e
   if not isinstance(content, dict):
     raise paths.DataError(f'BreCaHAD annotation {path}: expected a JSON object of categories.')
@@ -72,8 +72,10 @@ def read_json(path: pathlib.Path, height: int, width: int) -> tuple[np.ndarray, 
       raise paths.DataError(f'BreCaHAD annotation {path}: {key!r} is not a list of points.')
     for entry in entries:
       try:
+        if any(isinstance(entry[k], bool) for k in 'xy'):  # float(True) would pass as 1.0
+          raise TypeError
         x, y = float(entry['x']), float(entry['y'])
-      except (TypeError, KeyError, ValueError):
+      except (TypeError, KeyError, ValueError, IndexError):
         raise paths.DataError(f'BreCaHAD annotation {path}: bad point {entry!r} under {key!r} '
                               '(expected {"x": float, "y": float}).') from None
       if not (-_SLACK <= x <= 1 + _SLACK and -_SLACK <= y <= 1 + _SLACK):
@@ -110,7 +112,8 @@ def records(root=None, skip_bad: bool = False) -> common.RecordList:
   bad = common.BadItems(skip_bad, f'BreCaHAD {root}')
   items = [r for r in (bad.run(_record, p, gt_dir) for p in images) if r is not None]
   stems = {p.stem for p in images}
-  orphans = sorted(p.name for p in gt_dir.glob('*.json') if p.stem not in stems)
+  orphans = sorted(p.name for p in gt_dir.glob('*.json')
+                   if common.visible(p) and p.stem not in stems)
   notes = ['BreCaHAD reader is untested on the real release (fixtures only).']
   if orphans:
     notes.append(f'{len(orphans)} annotation file(s) without an image were ignored: '

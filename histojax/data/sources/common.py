@@ -1,8 +1,10 @@
 """Shared checked readers for image sources: RGB images, label masks, and skip-bad bookkeeping.
 
 Every reader here raises `paths.DataError` naming the file; none guesses silently (a grayscale
-or RGBA file where RGB is expected is an error, not a conversion)."""
+or RGBA file where RGB is expected is an error, not a conversion; so is a 16-bit RGB file, which
+PIL would silently cut to its high byte). Listings skip hidden files (`.DS_Store`, macOS `._*`)."""
 import pathlib
+import struct
 import warnings
 
 import numpy as np
@@ -12,6 +14,13 @@ from histojax.data import paths
 
 IMAGE_EXTS = ('.png', '.bmp', '.tif', '.tiff', '.jpg', '.jpeg')
 _GRAY_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N')
+# Modes holding at most 8 bits per sample: a file with deeper samples opened in one of these
+# has lost its low bits (PIL opens a 16-bit RGB PNG or TIFF as 'RGB', keeping the high byte).
+_8BIT_MODES = ('1', 'L', 'LA', 'La', 'P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK', 'YCbCr',
+               'LAB', 'HSV')
+# Pillow raises these, beside OSError, for some malformed headers and pixel data.
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
+                Image.DecompressionBombError)
 
 
 class RecordList(list):
@@ -55,20 +64,59 @@ def find_file(folder: pathlib.Path, stem: str, exts=IMAGE_EXTS):
   return None
 
 
+def visible(path: pathlib.Path) -> bool:
+  """False for hidden names: macOS copies leave `.DS_Store` and `._<name>` (resource forks that
+  carry an image extension but are not images) in every folder they touch."""
+  return not path.name.startswith('.')
+
+
 def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
-  """Image files directly in `folder`, sorted by name (deterministic across file systems)."""
-  return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+  """Image files directly in `folder` (hidden files skipped), sorted by name (deterministic
+  across file systems)."""
+  return sorted(p for p in folder.iterdir()
+                if visible(p) and p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def bit_depth(path: pathlib.Path, im: Image.Image) -> int:
+  """Bits per sample stored in the file (not in PIL's mode): PNG IHDR byte, TIFF
+  BitsPerSample; 8 for other formats (PIL reads none of them deeper than it reports)."""
+  if im.format == 'PNG':
+    with open(path, 'rb') as f:
+      head = f.read(26)  # signature (8), IHDR length + type (8), width, height, bit depth
+    if len(head) == 26 and head[12:16] == b'IHDR':
+      return head[24]
+  elif im.format == 'TIFF':
+    bits = im.tag_v2.get(258, 8)
+    return max(bits) if isinstance(bits, tuple) and bits else int(bits)
+  return 8
+
+
+def _check_depth(path: pathlib.Path, im: Image.Image):
+  depth = bit_depth(path, im)
+  if depth > 8 and im.mode in _8BIT_MODES:
+    raise paths.DataError(
+        f'Image {path} has {depth} bits per channel, but is read as 8-bit mode {im.mode!r}, '
+        'keeping only the high byte (a 12-bit scan would look almost black). Convert it to '
+        '8-bit first, scaling by its real bit depth (e.g. value * 255 / 4095 for 12-bit data, '
+        '/ 65535 for full 16-bit).')
 
 
 def _open(path: pathlib.Path) -> Image.Image:
   try:
-    return Image.open(path)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    im = Image.open(path)
+  except _READ_ERRORS as e:
     raise paths.DataError(f'Cannot read image {path}: {e} (not an image, or corrupt?)') from e
+  try:
+    _check_depth(path, im)
+  except paths.DataError:
+    im.close()
+    raise
+  return im
 
 
 def image_header(path: pathlib.Path) -> tuple[tuple[int, int], str]:
-  """Returns ((height, width), PIL mode) from the header only (cheap; pixels are not decoded)."""
+  """Returns ((height, width), PIL mode) from the header only (cheap; pixels are not decoded).
+  A file deeper than 8 bits that PIL would read as an 8-bit mode is a DataError."""
   with _open(path) as im:
     return (im.height, im.width), im.mode
 
@@ -84,7 +132,7 @@ def _decode(path: pathlib.Path) -> tuple[np.ndarray, str]:
   with _open(path) as im:
     try:
       im.load()  # decodes now, so truncation surfaces here with the file name
-    except (OSError, ValueError, SyntaxError) as e:
+    except _READ_ERRORS as e:
       raise paths.DataError(f'Cannot decode image {path}: {e} (truncated or corrupt?)') from e
     return np.asarray(im), im.mode
 
@@ -99,8 +147,11 @@ def read_rgb(path) -> np.ndarray:
 
 def check_gray_mode(path, mode: str):
   if mode != 'L':
+    deep = (' It holds more than 8 bits per pixel: convert it to 8-bit first, scaling by its '
+            'real bit depth (e.g. value * 255 / 4095 for 12-bit data).'
+            if mode.startswith('I') or mode == 'F' else '')
     raise paths.DataError(f'Image {path} has PIL mode {mode!r}; an 8-bit grayscale image (mode '
-                          "'L') is expected with data.channels=1.")
+                          f"'L') is expected with data.channels=1.{deep}")
 
 
 def read_gray(path) -> np.ndarray:

@@ -46,6 +46,15 @@ class CrcRecord:
     """Split group: the source image (the release gives no patient IDs)."""
     return self.name
 
+  @property
+  def mat_paths(self) -> list[pathlib.Path]:
+    """The .mat files this record was read from: detection, then CLASSES order."""
+    return mat_paths(self.image_path.parent, self.name)
+
+
+def mat_paths(folder: pathlib.Path, name: str) -> list[pathlib.Path]:
+  return [folder / f'{name}_{kind}.mat' for kind in ('detection', *CLASSES)]
+
 
 def read_points(path: pathlib.Path) -> np.ndarray:
   """One .mat of nucleus centres -> float64 [N, 2] (1-based x, y as stored); 0 x 2 if empty."""
@@ -96,11 +105,10 @@ def _record(folder: pathlib.Path) -> CrcRecord:
     raise paths.DataError(f'CRCHisto folder {folder} has no image {name}.bmp|png.')
   (height, width), mode = common.image_header(image_path)
   common.check_rgb_mode(image_path, mode)
-  det_path = folder / f'{name}_detection.mat'
+  det_path, *class_paths = mat_paths(folder, name)
   detected, n_clamped = _to_pixels(read_points(det_path), height, width, det_path)
   typed, typed_class, empty = [], [], 0
-  for k, cls in enumerate(CLASSES):
-    path = folder / f'{name}_{cls}.mat'
+  for k, path in enumerate(class_paths):
     pts, c = _to_pixels(read_points(path), height, width, path)
     n_clamped += c
     empty += len(pts) == 0

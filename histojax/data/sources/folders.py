@@ -4,13 +4,19 @@
     may be binary 0/255 (-> 0/1), label-valued gray (kept), or palette PNG (-> palette indices).
 (b) classification by folder: `<root>/<class name>/<image>`; classes are the sorted folder names.
 (c) classification by CSV: a `filename,label` CSV + an image folder; an unlabelled test folder
-    may be added (label -1).
+    may be added (label -1). With `classes` (config key data.classes) every label must be one
+    of them; without, the classes are inferred and logged with their counts (a rare one is
+    flagged as a likely typo).
+
+Hidden files and folders (`.DS_Store`, macOS `._*`) are ignored everywhere.
 
 Listing checks each image's header (mode RGB, mask size == image size); `verify=True` also
 decodes every file, so truncated files are caught at listing time (and skipped with skip_bad).
 """
+import collections
 import csv
 import dataclasses
+import logging
 import pathlib
 import warnings
 
@@ -107,14 +113,38 @@ def load_mask(record: SegRecord) -> np.ndarray:
   return mask
 
 
-def _check_classes(found, classes, where) -> list[str]:
-  if classes is None:  # integer labels in numeric order ('2' before '10'), names sorted
-    numeric = all(str(c).lstrip('-').isdigit() for c in found)
-    return sorted(found, key=int) if numeric else sorted(found)
-  unknown = sorted(set(found) - set(classes))
-  if unknown:
-    raise paths.DataError(f'{where}: unknown class name(s) {unknown}; expected {list(classes)}.')
-  return list(classes)
+def _sorted_classes(found) -> list[str]:
+  """Integer labels in numeric order ('2' before '10'), names sorted."""
+  numeric = all(str(c).lstrip('-').isdigit() for c in found)
+  return sorted(found, key=int) if numeric else sorted(found)
+
+
+def _csv_classes(rows, classes, csv_path) -> list[str]:
+  """Class names for the CSV rows [(line, filename, label)]: `classes` (every label must be one
+  of them), else inferred; inferred classes are logged, a rare one flagged as a likely typo."""
+  if classes:
+    for line, _, label in rows:
+      if label not in classes:
+        raise paths.DataError(
+            f'Label file {csv_path} line {line}: unknown class name {label!r}; the config key '
+            f'data.classes allows {list(classes)}. Fix the label (a typo?) or add the class to '
+            'data.classes.')
+    return list(classes)
+  counts = collections.Counter(label for _, _, label in rows)
+  names = _sorted_classes(counts)
+  logging.warning('%s: no data.classes set; inferred %d classes from the labels: %s.', csv_path,
+                  len(names), ', '.join(f'{n!r} ({counts[n]} rows)' for n in names))
+  most = max(counts.values())
+  # A class far rarer than the others is more often a misspelt label than a real class.
+  rare = [n for n in names if counts[n] < most and (counts[n] == 1 or
+                                                    counts[n] < 0.02 * len(rows))]
+  for name in rare:
+    line = next(n for n, _, label in rows if label == name)
+    logging.warning('%s: class %r has only %d of %d rows (first at line %d): it looks like a '
+                    'typo. Set data.classes (config key, e.g. classes=A+B+C) to the real class '
+                    'names to have unknown labels refused.', csv_path, name, counts[name],
+                    len(rows), line)
+  return names
 
 
 def class_folders(root, classes=None, verify: bool = False,
@@ -132,13 +162,17 @@ def class_folders(root, classes=None, verify: bool = False,
     missing = [c for c in classes if c not in {d.name for d in dirs}]
     if missing:
       raise paths.DataError(f'{root}: no sub-folder for class(es) {missing}; found '
-                            f'{[d.name for d in dirs]}.')
+                            f'{[d.name for d in dirs]} (config key: data.classes).')
     dirs = [root / c for c in classes]
   names = [d.name for d in dirs]
   bad = common.BadItems(skip_bad, f'class folders {root}')
   items = []
   for d in dirs:
-    for p in common.list_images(d):
+    images = common.list_images(d)
+    if not images:  # a class without examples: a misplaced folder, or a wrong data.classes
+      raise paths.DataError(f'Class folder {d} holds no images ({", ".join(common.IMAGE_EXTS)}); '
+                            'fill it, remove it, or leave it out of data.classes.')
+    for p in images:
       ok = bad.run(_check_image, p, verify)
       if ok is not None:
         items.append(ClassRecord(p.stem, p, names.index(d.name), d.name))
@@ -147,26 +181,33 @@ def class_folders(root, classes=None, verify: bool = False,
   return bad.finish(items), names
 
 
-def _read_csv(csv_path: pathlib.Path) -> list[tuple[str, str]]:
+def _read_csv(csv_path: pathlib.Path) -> list[tuple[int, str, str]]:
+  """-> [(line number, filename, label)], blank lines skipped."""
   try:
     with open(csv_path, newline='', encoding='utf-8-sig') as f:
-      rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+      reader = csv.reader(f)
+      rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise paths.DataError(f'Cannot read label file {csv_path}: {e}') from e
   if not rows:
-    raise paths.DataError(f'Label file {csv_path} is empty.')
-  header = [h.strip().lower() for h in rows[0]]
+    raise paths.DataError(f'Label file {csv_path} is empty (expected filename,label rows).')
+  header = [h.strip().lower() for h in rows[0][1]]
   has_header = 'filename' in header and 'label' in header
   if has_header:
     i_file, i_label, rows = header.index('filename'), header.index('label'), rows[1:]
+  elif 'filename' in header or 'label' in header:  # a header, but one column is missing
+    raise paths.DataError(f'Label file {csv_path} has header {rows[0][1]}; expected columns '
+                          '"filename" and "label".')
   else:  # no header: first two columns
     i_file, i_label = 0, 1
+  if not rows:
+    raise paths.DataError(f'Label file {csv_path} has a header but no rows.')
   out = []
-  for line, row in enumerate(rows, start=2 if has_header else 1):
+  for line, row in rows:
     if len(row) <= max(i_file, i_label) or not row[i_file].strip() or not row[i_label].strip():
       raise paths.DataError(f'Label file {csv_path} line {line} is malformed: {row} '
                             '(expected filename,label).')
-    out.append((row[i_file].strip(), row[i_label].strip()))
+    out.append((line, row[i_file].strip(), row[i_label].strip()))
   return out
 
 
@@ -186,17 +227,18 @@ def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = 
   """A `filename,label` CSV + image folder -> (labelled records, test records, class names).
 
   Filenames may omit the extension. Labels are class names (sorted into indices, or checked
-  against `classes`). `test_dir` holds unlabelled images (label -1); empty list when None.
+  against `classes`, config key data.classes). `test_dir` holds unlabelled images (label -1);
+  empty list when None.
   """
   csv_path = pathlib.Path(csv_path)
   image_dir = _folder(image_dir, '')
   rows = _read_csv(csv_path)
   seen = set()
-  for name, _ in rows:
+  for line, name, _ in rows:
     if name in seen:
-      raise paths.DataError(f'Label file {csv_path} lists {name!r} twice.')
+      raise paths.DataError(f'Label file {csv_path} line {line} lists {name!r} a second time.')
     seen.add(name)
-  names = _check_classes({label for _, label in rows}, classes, str(csv_path))
+  names = _csv_classes(rows, classes, csv_path)
   bad = common.BadItems(skip_bad, f'labelled images {csv_path}')
 
   def one(filename, label):
@@ -204,7 +246,7 @@ def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = 
     _check_image(path, verify, channels)
     return ClassRecord(path.stem, path, names.index(label), label)
 
-  items = bad.finish([r for r in (bad.run(one, f, l) for f, l in rows) if r is not None])
+  items = bad.finish([r for r in (bad.run(one, f, l) for _, f, l in rows) if r is not None])
   tests = common.RecordList()
   if test_dir is not None:
     test_dir = _folder(test_dir, '')

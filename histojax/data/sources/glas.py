@@ -22,6 +22,7 @@ SPLITS = ('train', 'testA', 'testB')
 GRADES = ('benign', 'malignant')
 _NAME = re.compile(r'^(train|testA|testB)_(\d+)$')
 _MASK_EXTS = ('.bmp', '.png', '.tif', '.tiff')
+GRADE_FILE = 'Grade.csv'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,11 @@ class GlasRecord:
   def label(self) -> int:
     """Grade as an integer: 0 benign, 1 malignant."""
     return GRADES.index(self.grade)
+
+  @property
+  def grade_path(self) -> pathlib.Path:
+    """The Grade.csv this record's patient and grade come from."""
+    return self.image_path.parent / GRADE_FILE
 
 
 def read_grades(csv_path: pathlib.Path) -> dict[str, tuple[str, str, str]]:
@@ -83,7 +89,7 @@ def _record(folder, name, grades) -> GlasRecord:
   if mask_path is None:
     raise paths.DataError(f'GlaS image {image_path} has no mask {name}_anno.bmp|png in {folder}.')
   if name not in grades:
-    raise paths.DataError(f'GlaS image {image_path} has no row in {folder / "Grade.csv"}.')
+    raise paths.DataError(f'GlaS image {image_path} has no row in {folder / GRADE_FILE}.')
   image_hw, mode = common.image_header(image_path)
   common.check_rgb_mode(image_path, mode)
   mask_hw, _ = common.image_header(mask_path)
@@ -103,12 +109,12 @@ def records(split=None, root=None, skip_bad: bool = False) -> common.RecordList:
   Checks at listing time (headers only, cheap): every image has a mask of the same size and a
   Grade.csv row, and is RGB. Pixels are decoded by load_image / load_mask.
   """
-  folder = pathlib.Path(root) if root is not None else paths.dataset_dir('glas', ['Grade.csv'])
+  folder = pathlib.Path(root) if root is not None else paths.dataset_dir('glas', [GRADE_FILE])
   wanted = SPLITS if split is None else (split,) if isinstance(split, str) else tuple(split)
   unknown = set(wanted) - set(SPLITS)
   if unknown:
     raise paths.DataError(f'Unknown GlaS split(s) {sorted(unknown)}; expected {SPLITS}.')
-  grades = read_grades(folder / 'Grade.csv')
+  grades = read_grades(folder / GRADE_FILE)
   names = set()
   for p in common.list_images(folder):
     if p.stem.endswith('_anno'):

@@ -1,0 +1,188 @@
+"""A run's folder: one run at a time (a lock), its config.json, and the config changes a
+restart accepts.
+
+Config keys come in three kinds (the `kind` function; every key not named below shapes):
+- shaping: the model, task, dataset, splits, seed, batch, crop size, ...: they decide what the
+  saved state and data are. A change is refused before anything is written.
+- resumable: durations, optimiser and schedule settings, losses, augmentation strength: a
+  restart may change them (each change is logged) and config.json records the new values.
+- runtime: workers, eval batch, log interval, `inference.*`, metric and report options,
+  devices: free in every mode; `--mode=eval` and `--mode=predict` take them from --config.
+"""
+import fcntl
+import json
+import logging
+import os
+import pathlib
+import socket
+import time
+
+import ml_collections
+
+from histojax import errors
+
+RUNTIME = ('log_every_steps', 'ckpt_keep', 'eval_batch_size', 'data.workers', 'data.max_eval_examples',
+           'data.tfds_data_dir', 'inference.*', 'report_panels', 'explain_indices',
+           'explain_samples', 'mesh', 'distributed', 'detection_radius', 'ignore_empty',
+           'object_min_size', 'object_min_size_candidates')
+RESUMABLE = ('total_steps', 'total_epochs', 'eval_every_steps', 'eval_every_epochs',
+             'ckpt_every_steps', 'ckpt_every_epochs', 'early_stopping_patience', 'optimizer.lr',
+             'optimizer.weight_decay', 'schedule.*', 'l2_kernel', 'l2_bias', 'freeze.steps',
+             'init_from', 'best_metric', 'best_mode', 'dtype', 'class_weights', 'loss',
+             'dice_over', 'model.dropout', 'data.augment.*')
+SHAPING_UNDER_AUGMENT = ('data.augment.crop_size',)  # the crop decides the example shape
+
+
+def kind(key: str) -> str:
+  """'shaping', 'resumable' or 'runtime' for a dotted config key."""
+  def matches(patterns):
+    return any(key == p or (p.endswith('.*') and key.startswith(p[:-1])) for p in patterns)
+  if key in SHAPING_UNDER_AUGMENT:
+    return 'shaping'
+  if matches(RUNTIME):
+    return 'runtime'
+  return 'resumable' if matches(RESUMABLE) else 'shaping'
+
+
+def flatten(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) and v:
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _plain(value):
+  """JSON round trip, so tuples compare equal to the lists config.json stores."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def changes(saved: dict, new: dict) -> dict:
+  """{key: (saved value, new value)} for keys in both whose values differ. A key missing from
+  the saved config (written before the key existed) takes its default: not a change."""
+  saved, new = flatten(saved), flatten(_plain(new))
+  return {k: (saved[k], new[k]) for k in sorted(saved.keys() & new.keys())
+          if saved[k] != new[k]}
+
+
+def read_json(path, what='file'):
+  path = pathlib.Path(path)
+  try:
+    return json.loads(path.read_text(encoding='utf-8'))
+  except FileNotFoundError:
+    raise
+  except (OSError, ValueError) as e:
+    raise errors.WorkdirError(f'{path} is not a readable JSON {what} ({e}); it may have been '
+                              'truncated. Restore it, or start a new --workdir.') from e
+
+
+def write_json_atomic(path, value):
+  """Writes JSON to a temporary file and renames it into place: never a torn file."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(json.dumps(value, indent=2))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def saved_config(workdir):
+  """W/config.json over today's defaults (keys it lacks take their defaults), or None."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.exists():
+    return None
+  saved = read_json(path, 'config')
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.base_config().to_dict()
+
+  def overlay(base, top):
+    for k, v in top.items():
+      base[k] = overlay(dict(base.get(k) or {}), v) if isinstance(v, dict) else v
+    return base
+  return ml_collections.ConfigDict(overlay(config, saved))
+
+
+def accept_config(workdir, config, mode):
+  """The config this run uses. Refuses (before anything is written) shaping changes against
+  W/config.json; logs resumable ones (train) or keeps the saved values (eval/predict)."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.exists():
+    return config
+  saved = read_json(path, 'config')
+  diff = changes(saved, config.to_dict())
+  shaping = {k: v for k, v in diff.items() if kind(k) == 'shaping'}
+  if shaping:
+    shown = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in shaping.items())
+    raise errors.WorkdirError(
+        f'{workdir} holds a run whose config differs in keys that shape the model or the '
+        f'data: {shown}. Nothing was changed. Use a new --workdir for the new config, or '
+        f'drop these overrides to continue the run (kinds of keys: histojax/workdir.py).')
+  resumable = {k: v for k, v in diff.items() if kind(k) == 'resumable'}
+  for k, (a, b) in resumable.items():
+    if mode == 'train':
+      logging.info('Config change on restart: %s %r -> %r.', k, a, b)
+  if mode == 'train' or not resumable:
+    return config
+  keep = ml_collections.ConfigDict(config.to_dict())  # eval/predict: the run's own values
+  for k, (a, _) in resumable.items():
+    parent = keep
+    *head, last = k.split('.')
+    for h in head:
+      parent = parent[h]
+    parent[last] = a
+  return keep
+
+
+class Lock:
+  """One run per workdir: an exclusive flock on W/.lock held by process 0 (the other processes
+  of one multi-host run share the workdir under it). The kernel drops it when the process dies,
+  so a stale lock is simply taken over."""
+
+  def __init__(self, workdir, enabled=True):
+    self.path, self.enabled, self._file = pathlib.Path(workdir) / '.lock', enabled, None
+
+  def __enter__(self):
+    if not self.enabled:
+      return self
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = open(self.path, 'a+', encoding='utf-8')
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      self._file.seek(0)
+      holder = self._file.read().strip() or 'another process'
+      self._file.close()
+      raise errors.WorkdirError(
+          f'{self.path.parent} is in use by {holder}. Wait for that run to end (or stop it), '
+          'or use another --workdir.') from e
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f'pid {os.getpid()} on host {socket.gethostname()} (since '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")})\n')
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+CHOICES = {'dtype': ('float32', 'bfloat16'), 'best_mode': ('max', 'min'),
+           'optimizer.name': ('adam', 'adamw', 'sgd'),
+           'schedule.name': ('constant', 'step', 'cosine'),
+           'inference.tta': ('none', 'flips', 'dihedral'),
+           'inference.blend': ('gaussian', 'constant')}
+
+
+def check_values(config):
+  """Config values with a fixed set of choices, checked before anything runs."""
+  values = flatten(config.to_dict())
+  for key, allowed in CHOICES.items():
+    if key in values and values[key] not in allowed:
+      raise errors.ConfigError(f'Config key {key}={values[key]!r} is not one of '
+                               f'{", ".join(allowed)}.')
