@@ -102,7 +102,6 @@ def train_and_evaluate(config, workdir, mode='train'):
   """Trains (resuming W's newest checkpoint) and writes the final report; mode='eval' only
   reports. Returns {part: scalars} of the final report, or None when stopped by a signal."""
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, mode)
 
@@ -119,8 +118,12 @@ def _train_and_evaluate(config, workdir, mode):
     workdir_lib.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
   writer = writers.MetricWriter(workdir, enabled=is_main)
   handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+  stop_requested = []
+  if mode == 'train':  # Ctrl-C and SIGTERM: save after the current step, exit cleanly
+    for sig in handlers:
+      signal.signal(sig, lambda signum, _: stop_requested.append(signal.Signals(signum).name))
   try:
-    return _run(config, workdir, mode, ckpts, writer)
+    return _run(config, workdir, mode, ckpts, writer, stop_requested)
   finally:
     for sig, handler in handlers.items():
       signal.signal(sig, handler)
@@ -128,7 +131,7 @@ def _train_and_evaluate(config, workdir, mode):
     ckpts.close()
 
 
-def _run(config, workdir, mode, ckpts, writer):
+def _run(config, workdir, mode, ckpts, writer, stop_requested):
   is_main = jax.process_index() == 0
 
   # ---------------------------------------------------------------------- mesh
@@ -229,10 +232,6 @@ def _run(config, workdir, mode, ckpts, writer):
                keep=(loop['best_step'],), newest=config.get('ckpt_keep', 1))
 
   # ---------------------------------------------------------------------- loop
-  stop_requested = []
-  if mode == 'train':  # Ctrl-C and SIGTERM: save, then exit cleanly; re-run to resume
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, lambda signum, _: stop_requested.append(signal.Signals(signum).name))
   step = int(state.step)
   train_iter = train_stream(step) if mode == 'train' and step < total_steps else None
   progress = writers.Progress(total_steps, step)

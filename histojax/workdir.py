@@ -147,8 +147,12 @@ class Lock:
   def __enter__(self):
     if not self.enabled:
       return self
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    self._file = open(self.path, 'a+', encoding='utf-8')
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      self._file = open(self.path, 'a+', encoding='utf-8')
+    except OSError as e:
+      raise errors.WorkdirError(f'Cannot write to the workdir {self.path.parent}: '
+                                f'{e.strerror or e}. Choose a writable --workdir.') from e
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

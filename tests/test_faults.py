@@ -272,3 +272,23 @@ def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(tmp_p
   (tmp_path / '.lock').write_text('pid 999999 on host gone (since 2026-01-01 00:00:00)\n')
   with workdir_lib.Lock(tmp_path):
     assert f'pid {os.getpid()}' in (tmp_path / '.lock').read_text()
+
+
+def test_read_only_workdir_and_unwritable_cache_are_named(tmp_path, monkeypatch):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('a file where a folder should be')
+  with pytest.raises(errors.WorkdirError, match=str(blocker)):
+    train.train_and_evaluate(smoke_config(), blocker / 'w')
+  readonly = tmp_path / 'ro'
+  readonly.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(readonly)],
+                    capture_output=True).returncode == 0:
+    try:
+      with pytest.raises(errors.WorkdirError, match='Read-only file system'):
+        train.train_and_evaluate(smoke_config(), readonly)
+    finally:
+      subprocess.run(['umount', '-l', str(readonly)], check=False)
+  from histojax.data import paths  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('HISTOJAX_CACHE', str(blocker / 'cache'))
+  with pytest.raises(paths.DataError, match='HISTOJAX_CACHE'):
+    paths.cache_root()

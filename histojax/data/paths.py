@@ -2,8 +2,10 @@
 import os
 import pathlib
 
+from histojax import errors
 
-class DataError(ValueError):
+
+class DataError(errors.UserError, ValueError):
   """Bad or missing input data; the message names the file and what to do."""
 
 
@@ -33,5 +35,12 @@ def cache_root() -> pathlib.Path:
   root = os.environ.get('HISTOJAX_CACHE') or os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'histojax')
   path = pathlib.Path(root).expanduser()
-  path.mkdir(parents=True, exist_ok=True)
+  probe = path / f'.write_test_{os.getpid()}'
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b'ok')
+    probe.unlink()
+  except OSError as e:
+    raise DataError(f'Cannot write derived data to {path} ({e.strerror or e}): set '
+                    'HISTOJAX_CACHE to a writable folder with free space.') from e
   return path
