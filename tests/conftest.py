@@ -6,6 +6,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -43,6 +44,22 @@ def kill_group(proc, sig=signal.SIGKILL):
     os.killpg(proc.pid, sig)
   except ProcessLookupError:
     pass
+
+
+def kill_main(proc, grace=15.0):
+  """kill -9 of the main process only, as the OOM killer does: its grain workers exit by
+  themselves and the resource tracker unlinks their shared memory; the group is killed after
+  `grace` seconds only as a backstop."""
+  proc.kill()
+  proc.wait()
+  deadline = time.time() + grace
+  while time.time() < deadline:
+    try:
+      os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+      return
+    time.sleep(0.1)
+  kill_group(proc)
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, kill_group, launch, require_data
+from conftest import ROOT, kill_group, kill_main, launch, require_data
 
 from histojax import checkpoint, predict
 
@@ -80,8 +80,7 @@ def test_kill9_at_random_steps_and_during_a_checkpoint_write_resumes_exactly(tmp
   try:
     _wait_for(lambda: _logged_step(workdir) >= target, proc)
   finally:
-    kill_group(proc)
-    proc.wait()
+    kill_main(proc)
   first = max(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
 
   proc = launch([SMOKE, f'--workdir={workdir}', *ARGS],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import ROOT, kill_group, launch, require_data
+from conftest import ROOT, kill_main, launch, require_data
 
 SMOKE = f'--config={ROOT}/configs/mnist_cnn.py:smoke'
 
@@ -81,8 +81,7 @@ def test_exact_resume_after_sigkill(tmp_path, workers):
       p.name.isdigit() for p in ckpt_dir.iterdir())):
     time.sleep(0.05)
   assert proc.poll() is None, 'run finished before it could be killed'
-  kill_group(proc)
-  proc.wait()
+  kill_main(proc)
   saved = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
   assert saved and max(saved) < 300
 
