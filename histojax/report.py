@@ -68,7 +68,7 @@ def plot_segmentation_panels(workdir, panels, name):
   return _save(fig, workdir, name, dpi=80)
 
 
-def write(workdir, config, task, results, final_step, loop, info, extra=()):
+def write(workdir, config, task, results, final_step, loop, info, extra=(), cost=None):
   """results: {'val': (scalars, details), '<test part>': (...), ...}."""
   workdir = pathlib.Path(workdir)
   curves = plot_curves(workdir, task.curve_metrics)
@@ -84,6 +84,10 @@ def write(workdir, config, task, results, final_step, loop, info, extra=()):
           f'(best by {config.best_metric}, {config.best_mode}: {loop["best_value"]})'
           if loop['best_step'] is not None else '(the last: no validation score selected one)'),
       f'- early stopped: {loop["stopped_early"]}',
+      *([f'- compute: {cost["cost/cpu_seconds"]:.0f} CPU-s '
+         f'({cost["cost/cpu_seconds"] / 3600:.2f} core-hours) and '
+         f'{cost["cost/wall_seconds"]:.0f} s wall, over {loop.get("starts", 1)} start(s), '
+         'this report included'] if cost else []),
       f'- validation: carved from the training data; test parts read only for this report',
       '',
       '| metric | ' + ' | '.join(parts) + ' |',

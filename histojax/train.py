@@ -197,13 +197,16 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
     return task.summarize(total.compute())
 
   # ------------------------------------------------------------------- restore
-  loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False}
+  loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False,
+          'starts': 0}
+  cost = writers.Cost()
   # Own workdir first: a resumed run never re-initialises. A damaged newest checkpoint is
   # skipped (kept, moved aside when training) and the newest readable one is used.
   restored = ckpts.restore_newest(checkpoint.abstract(state), quarantine=mode == 'train')
   if restored is not None:
     start, state, saved = restored
     loop.update(saved['loop'])
+    cost.resume(loop)
     logging.info('%s %s at step %d.', 'Restored' if mode == 'eval' else 'Resumed from',
                  ckpts.directory, start)
   elif config.get('init_from') and mode == 'train':
@@ -225,8 +228,11 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
                       "needs the ImageNet stem: configs/nuclei_resnet18.py:imagenet.)",
                       config.init_from, len(body), ', '.join(heads) or '-', ', '.join(body))
 
+  loop['starts'] += 1
+
   def save(state):
     step = int(state.step)
+    loop.update(cpu_seconds=cost.cpu_seconds(), wall_seconds=cost.wall_seconds())
     ckpts.save(step, state, {'data_position': step, 'loop': loop,
                              'config': json.loads(config.to_json())},
                keep=(loop['best_step'],), newest=config.get('ckpt_keep', 1))
@@ -260,6 +266,7 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
               f'resumes from step {resume}.' if resume is not None else 'starts afresh.'))
     scalars = {f'train/{k}': float(np.mean([v[k] for v in values])) for k in values[0]}
     scalars['train/lr'] = float(lr_fn(steps_done[-1] - 1))
+    scalars.update(cost.scalars('train'))
     rate = progress.line(steps_done[-1], scalars)
     if np.isfinite(rate):
       scalars['train/steps_per_sec'] = rate
@@ -339,8 +346,11 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   if is_main and hasattr(task, 'explain'):
     part = next(iter(splits.tests))
     extra = task.explain(model, state, splits.tests[part], workdir, part)
+  totals = cost.scalars('cost')  # the whole run: every start, dataset build, this report
+  writer.write(final_step, totals)
   if is_main:
-    report.write(workdir, config, task, results, final_step, loop, splits.info, extra)
+    report.write(workdir, config, task, results, final_step, loop, splits.info, extra,
+                 cost=totals)
   logging.info('Params fingerprint (process %d): %.10e', jax.process_index(),
                float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))))
   for part in results:

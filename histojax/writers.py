@@ -96,6 +96,45 @@ def by_step(rows, key):
   return sorted({r['step']: r[key] for r in rows if key in r}.items())
 
 
+def _process_start():
+  """Wall-clock time this process started (Linux /proc), else now (module import)."""
+  try:
+    ticks = int(pathlib.Path('/proc/self/stat').read_text().rsplit(')', 1)[1].split()[19])
+    uptime = float(pathlib.Path('/proc/uptime').read_text().split()[0])
+    return time.time() - uptime + ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError):
+    return time.time()
+
+
+_STARTED = _process_start()
+
+
+class Cost:
+  """Compute spent on a run, summed over its starts: CPU seconds (user + system of this
+  process and its waited-for children: grain workers, os.times()) and wall seconds, each from
+  process start (imports, dataset build and compile count). `carried` comes from the loop
+  state of the checkpoint a run resumes from; work after a killed run's last checkpoint is
+  not counted."""
+
+  def __init__(self):
+    self.carried_cpu, self.carried_wall = 0.0, 0.0
+
+  def resume(self, loop):
+    self.carried_cpu = float(loop.get('cpu_seconds') or 0.0)
+    self.carried_wall = float(loop.get('wall_seconds') or 0.0)
+
+  def cpu_seconds(self):
+    t = os.times()
+    return self.carried_cpu + t.user + t.system + t.children_user + t.children_system
+
+  def wall_seconds(self):
+    return self.carried_wall + time.time() - _STARTED
+
+  def scalars(self, prefix):
+    return {f'{prefix}/cpu_seconds': self.cpu_seconds(),
+            f'{prefix}/wall_seconds': self.wall_seconds()}
+
+
 class Progress:
   """Console line: step, rate and ETA, measured since the first logged step (post-compile)."""
 

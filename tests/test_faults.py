@@ -174,6 +174,12 @@ def test_resumable_change_is_logged_and_runtime_change_is_free_in_eval(tmp_path,
   assert 'Config change on restart: total_steps 20 -> 25' in caplog.text
   assert 'optimizer.lr 0.001 -> 0.0005' in caplog.text
   assert json.loads((workdir / 'config.json').read_text())['total_steps'] == 25
+  # Compute is summed over starts: the first run's, carried in its checkpoint, plus this one.
+  first = writers.latest(writers.read_jsonl(reference[0] / 'metrics.jsonl'), 'cost/')
+  total = writers.latest(writers.read_jsonl(workdir / 'metrics.jsonl'), 'cost/')
+  assert total['cost/cpu_seconds'] > first['cost/cpu_seconds'] > 0
+  assert total['cost/wall_seconds'] > first['cost/wall_seconds'] > 0
+  assert 'over 2 start(s)' in (workdir / 'report.md').read_text()
   # eval: run-time keys from --config apply; a resumable key keeps the run's own value.
   config = smoke_config(total_steps=99, eval_batch_size=32)
   accepted = workdir_lib.accept_config(workdir, config, 'eval')
