@@ -112,6 +112,11 @@ class Checkpoints:
                    'batch_stats': abstract_state.batch_stats})
     have = shapes({k: saved.get(k, {}) for k in ('params', 'batch_stats')})
     differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    # Optimizer state trees name their nodes differently on disk: compare the shapes held.
+    held = lambda tree: sorted(tuple(x.shape) for x in jax.tree.leaves(tree))
+    if not differ and held(abstract_state.opt_state) != held(saved.get('opt_state', {})):
+      differ = ['opt_state (another optimizer, or head-first freeze on/off: optimizer.name, '
+                'init_from, freeze)']
     if differ:
       shown = ', '.join(f'{k}: saved {have.get(k)}, config builds {want.get(k)}'
                         for k in differ[:4])
@@ -164,6 +169,9 @@ class Checkpoints:
       shutil.move(str(self.directory / str(step)), target)
       logging.warning('Moved checkpoint %s to %s (kept, not deleted).',
                       self.directory / str(step), target)
+    if jax.process_count() > 1:  # every host must see the move before listing steps again
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'histojax set_aside {step}')
     self.manager.reload()
 
   def close(self):

@@ -7,6 +7,7 @@ replicated, and jit inserts the gradient all-reduce.
 """
 import json
 import logging
+import os
 import pathlib
 import signal
 
@@ -109,19 +110,24 @@ def train_and_evaluate(config, workdir, mode='train'):
 def _train_and_evaluate(config, workdir, mode):
   is_main = jax.process_index() == 0
   workdir_lib.check_values(config)
-  # Refused before anything is written: a config that does not fit the saved run.
-  config = workdir_lib.accept_config(workdir, config, mode)
   ckpts = checkpoint.Checkpoints(workdir / 'checkpoints', read_only=mode == 'eval')
   if mode == 'eval' and ckpts.latest_step() is None:
     raise errors.WorkdirError(f'--mode=eval: no checkpoint in {ckpts.directory}.')
-  if is_main and mode == 'train':
-    workdir_lib.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
+  # Refused before anything is written: a config that does not fit the saved run.
+  config = workdir_lib.accept_config(workdir, config, mode,
+                                     has_checkpoint=ckpts.latest_step() is not None)
   writer = writers.MetricWriter(workdir, enabled=is_main)
   handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
   stop_requested = []
+
+  def request_stop(signum, _):
+    if stop_requested:  # a second Ctrl-C / SIGTERM: stop now, without saving
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+    stop_requested.append(signal.Signals(signum).name)
   if mode == 'train':  # Ctrl-C and SIGTERM: save after the current step, exit cleanly
     for sig in handlers:
-      signal.signal(sig, lambda signum, _: stop_requested.append(signal.Signals(signum).name))
+      signal.signal(sig, request_stop)
   try:
     return _run(config, workdir, mode, ckpts, writer, stop_requested)
   finally:
@@ -170,10 +176,8 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   if task.train_transform is not None:
     sample = task.train_transform(sample, epoch=0, index=0)
   sample = {k: np.asarray(v)[None] for k, v in sample.items()}
-  if is_main:  # what --mode=predict needs to rebuild the task without the data
-    info = {k: v for k, v in splits.info.items() if k != 'notes'}
-    info['input_shape'] = list(sample['image'].shape[1:])
-    workdir_lib.write_json_atomic(workdir / 'dataset_info.json', info)
+  info = {k: v for k, v in splits.info.items() if k != 'notes'}  # what predict needs
+  info['input_shape'] = list(sample['image'].shape[1:])
   state = jax.jit(make_init(model, task, tx, sample),
                   out_shardings=sharding.replicated(mesh))(init_rng)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -207,6 +211,10 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
     start, state, saved = restored
     loop.update(saved['loop'])
     cost.resume(loop)
+    if loop['best_step'] is not None and loop['best_step'] not in ckpts.steps():
+      logging.warning('The best checkpoint (step %d) is no longer in %s; the best is chosen '
+                      'afresh from the next evaluation.', loop['best_step'], ckpts.directory)
+      loop.update(best_step=None, best_value=None, evals_since_best=0)
     logging.info('%s %s at step %d.', 'Restored' if mode == 'eval' else 'Resumed from',
                  ckpts.directory, start)
   elif config.get('init_from') and mode == 'train':
@@ -229,6 +237,9 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
                       config.init_from, len(body), ', '.join(heads) or '-', ', '.join(body))
 
   loop['starts'] += 1
+  if is_main and mode == 'train':  # only now: the config fits the saved run
+    workdir_lib.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
+    workdir_lib.write_json_atomic(workdir / 'dataset_info.json', info)
 
   def save(state):
     step = int(state.step)
@@ -273,7 +284,15 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
     writer.write(steps_done[-1], scalars)
 
   while mode == 'train' and step < total_steps and not loop['stopped_early']:
-    batch = sharding.to_global(mesh, next(train_iter))
+    try:
+      batch = sharding.to_global(mesh, next(train_iter))
+    except Exception:  # pylint: disable=broad-except
+      if not stop_requested:
+        raise
+      save(state)  # Ctrl-C reached the data workers too: the state in hand is complete
+      logging.info('%s: saved step %d; re-run the same command to resume.',
+                   stop_requested[0], step)
+      break
     state, metrics = train_step(state, batch)
     step += 1
     pending.append((step, metrics))

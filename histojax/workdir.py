@@ -9,6 +9,7 @@ Config keys come in three kinds (the `kind` function; every key not named below 
 - runtime: workers, eval batch, log interval, `inference.*`, metric and report options,
   devices: free in every mode; `--mode=eval` and `--mode=predict` take them from --config.
 """
+import errno
 import fcntl
 import json
 import logging
@@ -21,15 +22,17 @@ import ml_collections
 
 from histojax import errors
 
-RUNTIME = ('log_every_steps', 'ckpt_keep', 'eval_batch_size', 'data.workers', 'data.max_eval_examples',
+RUNTIME = ('log_every_steps', 'ckpt_keep', 'eval_batch_size', 'data.workers',
            'data.tfds_data_dir', 'inference.*', 'report_panels', 'explain_indices',
            'explain_samples', 'mesh', 'distributed', 'detection_radius', 'ignore_empty',
            'object_min_size', 'object_min_size_candidates')
+# Not here, so shaping: best_metric/best_mode (the best value so far would compare another
+# metric), init_from and freeze.* (head-first training wraps the optimizer state).
 RESUMABLE = ('total_steps', 'total_epochs', 'eval_every_steps', 'eval_every_epochs',
              'ckpt_every_steps', 'ckpt_every_epochs', 'early_stopping_patience', 'optimizer.lr',
-             'optimizer.weight_decay', 'schedule.*', 'l2_kernel', 'l2_bias', 'freeze.steps',
-             'init_from', 'best_metric', 'best_mode', 'dtype', 'class_weights', 'loss',
-             'dice_over', 'model.dropout', 'data.augment.*')
+             'optimizer.weight_decay', 'schedule.*', 'l2_kernel', 'l2_bias', 'dtype',
+             'class_weights', 'loss', 'dice_over', 'model.dropout', 'data.augment.*',
+             'data.max_eval_examples')
 SHAPING_UNDER_AUGMENT = ('data.augment.crop_size',)  # the crop decides the example shape
 
 
@@ -59,12 +62,33 @@ def _plain(value):
   return json.loads(json.dumps(value, default=str))
 
 
-def changes(saved: dict, new: dict) -> dict:
-  """{key: (saved value, new value)} for keys in both whose values differ. A key missing from
-  the saved config (written before the key existed) takes its default: not a change."""
-  saved, new = flatten(saved), flatten(_plain(new))
-  return {k: (saved[k], new[k]) for k in sorted(saved.keys() & new.keys())
-          if saved[k] != new[k]}
+_MISSING = object()
+
+
+def changes(saved: dict, new: dict, defaults: dict | None = None) -> dict:
+  """{dotted key: (saved value, new value)} where they differ. A key that is a value on one
+  side and a group on the other differs as a whole. A key the saved config lacks (written
+  before the key existed) took its default then: it differs only if the new value is not
+  that default (`defaults`, a nested dict; keys without a known default are not compared)."""
+  saved, new, defaults = _plain(saved), _plain(new), _plain(defaults or {})
+  out = {}
+
+  def walk(a, b, d, prefix):
+    for k in sorted(set(a) | set(b)):
+      x, y = a.get(k, _MISSING), b.get(k, _MISSING)
+      dk = d.get(k, _MISSING) if isinstance(d, dict) else _MISSING
+      if y is _MISSING:
+        continue  # a key today's code no longer has
+      if x is _MISSING:
+        x = dk
+        if x is _MISSING:
+          continue
+      if isinstance(x, dict) and isinstance(y, dict):
+        walk(x, y, dk if isinstance(dk, dict) else {}, f'{prefix}{k}.')
+      elif x != y:
+        out[f'{prefix}{k}'] = (x, y)
+  walk(saved, new, defaults, '')
+  return out
 
 
 def read_json(path, what='file'):
@@ -105,14 +129,20 @@ def saved_config(workdir):
   return ml_collections.ConfigDict(overlay(config, saved))
 
 
-def accept_config(workdir, config, mode):
+def accept_config(workdir, config, mode, has_checkpoint=True):
   """The config this run uses. Refuses (before anything is written) shaping changes against
-  W/config.json; logs resumable ones (train) or keeps the saved values (eval/predict)."""
+  W/config.json; logs resumable ones (train) or keeps the saved values (eval/predict). Before
+  the first checkpoint (e.g. a start that ran out of memory) any change is accepted."""
   path = pathlib.Path(workdir) / 'config.json'
   if not path.exists():
     return config
   saved = read_json(path, 'config')
-  diff = changes(saved, config.to_dict())
+  from configs import common  # pylint: disable=g-import-not-at-top
+  diff = changes(saved, config.to_dict(), common.base_config().to_dict())
+  if mode == 'train' and not has_checkpoint:
+    for k, (a, b) in diff.items():
+      logging.info('Config change (no checkpoint saved yet): %s %r -> %r.', k, a, b)
+    return config
   shaping = {k: v for k, v in diff.items() if kind(k) == 'shaping'}
   if shaping:
     shown = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in shaping.items())
@@ -156,6 +186,12 @@ class Lock:
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        logging.warning('Cannot lock %s (%s: file system without flock?); running without '
+                        'the one-run-per-workdir check.', self.path, e.strerror or e)
+        self._file.close()
+        self._file = None
+        return self
       self._file.seek(0)
       holder = self._file.read().strip() or 'another process'
       self._file.close()

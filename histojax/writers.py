@@ -109,12 +109,34 @@ def _process_start():
 _STARTED = _process_start()
 
 
+def _live_children_cpu():
+  """User + system CPU seconds of this process's live children (grain workers): os.times()
+  counts children only once they have exited and been waited for."""
+  total, tick = 0.0, os.sysconf('SC_CLK_TCK')
+  try:
+    tasks = list(pathlib.Path('/proc/self/task').iterdir())
+  except OSError:
+    return 0.0
+  for task in tasks:
+    try:
+      children = (task / 'children').read_text().split()
+    except OSError:
+      continue
+    for pid in children:
+      try:
+        fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+      except (OSError, ValueError, IndexError):
+        continue  # exited meanwhile: os.times() has it once waited for
+  return total
+
+
 class Cost:
   """Compute spent on a run, summed over its starts: CPU seconds (user + system of this
-  process and its waited-for children: grain workers, os.times()) and wall seconds, each from
-  process start (imports, dataset build and compile count). `carried` comes from the loop
-  state of the checkpoint a run resumes from; work after a killed run's last checkpoint is
-  not counted."""
+  process and its children, live grain workers included) and wall seconds, each from process
+  start (imports, dataset build and compile count). `carried` comes from the loop state of
+  the checkpoint a run resumes from; work after a killed run's last checkpoint is not
+  counted."""
 
   def __init__(self):
     self.carried_cpu, self.carried_wall = 0.0, 0.0
@@ -125,7 +147,8 @@ class Cost:
 
   def cpu_seconds(self):
     t = os.times()
-    return self.carried_cpu + t.user + t.system + t.children_user + t.children_system
+    return (self.carried_cpu + t.user + t.system + t.children_user + t.children_system
+            + _live_children_cpu())
 
   def wall_seconds(self):
     return self.carried_wall + time.time() - _STARTED

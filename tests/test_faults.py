@@ -136,16 +136,61 @@ def test_no_restorable_checkpoint_is_an_error_that_keeps_them(tmp_path):
 
 def test_config_kinds():
   kinds = {k: workdir_lib.kind(k) for k in (
-      'model.features', 'dataset', 'seed', 'batch_size', 'data.crop_size',
+      'model.features', 'dataset', 'seed', 'batch_size', 'data.crop_size', 'best_metric',
+      'init_from', 'freeze.steps',
       'data.augment.crop_size', 'data.fractions.val', 'total_steps', 'optimizer.lr',
       'schedule.name', 'data.augment.hue', 'data.workers', 'inference.tta', 'eval_batch_size')}
   assert kinds == {
       'model.features': 'shaping', 'dataset': 'shaping', 'seed': 'shaping',
+      'best_metric': 'shaping', 'init_from': 'shaping', 'freeze.steps': 'shaping',
       'batch_size': 'shaping', 'data.crop_size': 'shaping', 'data.augment.crop_size': 'shaping',
       'data.fractions.val': 'shaping', 'total_steps': 'resumable',
       'optimizer.lr': 'resumable', 'schedule.name': 'resumable',
       'data.augment.hue': 'resumable', 'data.workers': 'runtime', 'inference.tta': 'runtime',
       'eval_batch_size': 'runtime'}
+
+
+def test_changes_see_groups_replacing_values_and_keys_new_since_the_saved_file():
+  from configs import common, crchisto_types_unet, mnist_cnn
+  plain, aug = mnist_cnn.get_config('smoke'), mnist_cnn.get_config('smoke,aug')
+  diff = workdir_lib.changes(plain.to_dict(), aug.to_dict())
+  assert list(diff) == ['data.device_augment']  # None -> a group: one change, named
+  types, merged = (crchisto_types_unet.get_config(a) for a in ('smoke', 'smoke,merge'))
+  assert 'data.merge' in workdir_lib.changes(types.to_dict(), merged.to_dict())
+  old = plain.to_dict()
+  del old['data']['folds'], old['data']['fold'], old['ckpt_keep']  # a file from before them
+  new = mnist_cnn.get_config('smoke')
+  defaults = common.base_config().to_dict()
+  assert workdir_lib.changes(old, new.to_dict(), defaults) == {}  # defaults: no change
+  new.data.folds, new.data.fold = 4, 1
+  assert workdir_lib.changes(old, new.to_dict(), defaults) == {
+      'data.fold': (0, 1), 'data.folds': (0, 4)}
+
+
+def test_any_change_is_accepted_before_the_first_checkpoint(tmp_path):
+  """A start that failed before saving (out of memory at batch 32) may be retried with
+  another batch size in the same workdir."""
+  workdir_lib.write_json_atomic(tmp_path / 'config.json',
+                                json.loads(smoke_config(batch_size=32).to_json()))
+  with pytest.raises(errors.WorkdirError, match='batch_size'):
+    workdir_lib.accept_config(tmp_path, smoke_config(), 'train', has_checkpoint=True)
+  assert workdir_lib.accept_config(tmp_path, smoke_config(), 'train',
+                                   has_checkpoint=False).batch_size == 16
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_not_treated_as_damage(tmp_path,
+                                                                         reference):
+  """config.json agrees with the new config but the checkpoints hold Adam's state: the
+  restart is refused naming opt_state; config.json and the checkpoints stay as they were."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference[0], workdir)
+  sgd = smoke_config(**{'optimizer.name': 'sgd'})
+  workdir_lib.write_json_atomic(workdir / 'config.json', json.loads(sgd.to_json()))
+  before = (workdir / 'config.json').read_bytes(), steps_on_disk(workdir)
+  with pytest.raises(errors.WorkdirError, match='opt_state'):
+    train.train_and_evaluate(sgd, workdir)
+  assert ((workdir / 'config.json').read_bytes(), steps_on_disk(workdir)) == before
+  assert not (workdir / 'checkpoints_corrupt').exists()
 
 
 def test_shaping_change_is_refused_before_anything_is_written(tmp_path, reference):
@@ -280,7 +325,7 @@ def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(tmp_p
     assert f'pid {os.getpid()}' in (tmp_path / '.lock').read_text()
 
 
-def test_read_only_workdir_and_unwritable_cache_are_named(tmp_path, monkeypatch):
+def test_read_only_workdir_and_unwritable_cache_are_named(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('a file where a folder should be')
   with pytest.raises(errors.WorkdirError, match=str(blocker)):
@@ -295,6 +340,5 @@ def test_read_only_workdir_and_unwritable_cache_are_named(tmp_path, monkeypatch)
     finally:
       subprocess.run(['umount', '-l', str(readonly)], check=False)
   from histojax.data import paths  # pylint: disable=g-import-not-at-top
-  monkeypatch.setenv('HISTOJAX_CACHE', str(blocker / 'cache'))
   with pytest.raises(paths.DataError, match='HISTOJAX_CACHE'):
-    paths.cache_root()
+    paths.check_writable(blocker / 'cache')

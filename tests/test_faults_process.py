@@ -101,13 +101,16 @@ def test_kill9_at_random_steps_and_during_a_checkpoint_write_resumes_exactly(tmp
   jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference[1])
 
 
-def test_sigint_saves_like_sigterm_and_resumes_exactly(tmp_path, reference):
+def test_ctrl_c_to_the_whole_group_with_workers_saves_and_resumes_exactly(tmp_path,
+                                                                          reference):
+  """A terminal's Ctrl-C signals the whole process group, grain workers included: the run
+  still saves, exits 0, and resumes bit-identical; a second run-time SIGINT is not needed."""
   workdir = tmp_path / 'w'
-  proc = launch([SMOKE, f'--workdir={workdir}', *ARGS], stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True)
+  proc = launch([SMOKE, f'--workdir={workdir}', *ARGS, '--config.data.workers=2'],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     _wait_for(lambda: _logged_step(workdir) >= 50, proc)
-    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
+    os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
   finally:
     kill_group(proc)

@@ -1,6 +1,10 @@
 """Where data is read from (HISTOJAX_DATA) and where derived files go (HISTOJAX_CACHE)."""
+import contextlib
+import fcntl
 import os
 import pathlib
+import socket
+import uuid
 
 from histojax import errors
 
@@ -31,16 +35,39 @@ def dataset_dir(name: str, required_files=()) -> pathlib.Path:
 
 
 def cache_root() -> pathlib.Path:
-  """Writable folder for derived datasets; never inside HISTOJAX_DATA."""
+  """Folder for derived datasets; never inside HISTOJAX_DATA. Checked for writing only when
+  something must be built there (store.prepare), so a prebuilt read-only cache works."""
   root = os.environ.get('HISTOJAX_CACHE') or os.path.join(
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'histojax')
-  path = pathlib.Path(root).expanduser()
-  probe = path / f'.write_test_{os.getpid()}'
+  return pathlib.Path(root).expanduser()
+
+
+def check_writable(folder: pathlib.Path):
+  """Creates `folder` and writes a probe there, or raises a DataError naming it."""
+  probe = folder / f'.write_test_{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex[:8]}'
   try:
-    path.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     probe.write_bytes(b'ok')
-    probe.unlink()
+    probe.unlink(missing_ok=True)
   except OSError as e:
-    raise DataError(f'Cannot write derived data to {path} ({e.strerror or e}): set '
+    raise DataError(f'Cannot write derived data to {folder} ({e.strerror or e}): set '
                     'HISTOJAX_CACHE to a writable folder with free space.') from e
-  return path
+
+
+@contextlib.contextmanager
+def file_lock(path: pathlib.Path, enabled=True):
+  """An exclusive flock on `path` for the duration (blocking); a no-op where flock is not
+  supported or the folder is read-only."""
+  if not enabled:
+    yield
+    return
+  with open(path, 'a+', encoding='utf-8') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:  # file system without flock
+      yield
+      return
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Iterator
@@ -144,6 +145,9 @@ def _exit_with_parent(parent_pid, worker_index, worker_count):
   (a resume) stops and replaces while the workers live on.
   """
   del worker_index, worker_count
+  # Ctrl-C in a terminal signals the whole process group: the training process saves and
+  # stops; a worker dying of KeyboardInterrupt mid-batch would only break that.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   threading.Thread(target=_watch_parent, args=(parent_pid,), name='exit-with-parent',
                    daemon=True).start()
 

@@ -94,13 +94,29 @@ def prepare(name, fingerprint, split_names, generate, spec):
   metas = {}
   builder = Builder(data_dir=str(data_dir), file_format='array_record')
   meta_file = data_dir / 'histojax_meta.json'
+  if not (builder.is_prepared() and meta_file.exists()):
+    paths.check_writable(data_dir.parent)  # a prebuilt read-only cache only needs reading
+  # One builder at a time (hosts sharing a cache, parallel fold runs of one dataset): a
+  # second process waits, then finds the dataset built instead of "repairing" it mid-build.
+  locks = paths.cache_root() / 'locks'
+  writable = os.access(paths.cache_root(), os.W_OK)
+  if writable:
+    locks.mkdir(exist_ok=True)
+  with paths.file_lock(locks / f'{data_dir.name}.lock', enabled=writable):
+    return _prepare_locked(Builder, name, data_dir, meta_file, split_names, metas)
+
+
+def _prepare_locked(builder_cls, name, data_dir, meta_file, split_names, metas):
+  """prepare() under its lock: rebuild a damaged folder, build a missing one, open it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = builder_cls(data_dir=str(data_dir), file_format='array_record')
   if builder.is_prepared() and _read_meta(meta_file, split_names, builder) is None:
     # Examples without their side file cannot be used (their order is all we know); a folder
     # left like this would fail every run, so rebuild it instead.
     logging.warning('Cached dataset %s has a missing or damaged %s; deleting the folder and '
                     'rebuilding it.', data_dir, meta_file.name)
     shutil.rmtree(data_dir)
-    builder = Builder(data_dir=str(data_dir), file_format='array_record')
+    builder = builder_cls(data_dir=str(data_dir), file_format='array_record')
   if not builder.is_prepared() or not meta_file.exists():
     logging.info('Preparing %s under %s (once).', name, data_dir)
     # tfds spills splits over 1 GB to temporary files through TensorFlow's file API; keep
