@@ -30,6 +30,7 @@ import tqdm
 
 from histojax import checkpoint, errors, models, sharding, tasks
 from histojax import workdir as workdir_lib
+from histojax.data.sources import common
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 
@@ -74,6 +75,9 @@ def _read(path, channels, size=None):
   except Image.DecompressionBombError as e:
     raise ValueError(f'too large to decode whole ({e}); tile it into smaller images first') from e
   with image:
+    if common.bit_depth(path, image) > 8 and image.mode in ('RGB', 'RGBA', 'L', 'P'):
+      raise ValueError(f'{common.bit_depth(path, image)} bits per channel, which PIL reads as '
+                       '8-bit keeping only the high byte; convert it to 8-bit first')
     image.load()
     if size is not None and image.size != (size[1], size[0]):
       raise ValueError(f'{image.size[0]}x{image.size[1]} px, but the model was trained on '

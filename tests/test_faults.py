@@ -104,15 +104,24 @@ def _garbage_loop_json(step_dir):
   (step_dir / 'loop' / 'metadata').write_text('{"data_iterator": {"next_ind')
 
 
+@pytest.fixture(scope='module')
+def fifteen_steps(tmp_path_factory):
+  """The reference run stopped at step 15 (checkpoints 10 and 15), shared by the cases."""
+  workdir = tmp_path_factory.mktemp('fifteen')
+  train.train_and_evaluate(smoke_config(total_steps=15), workdir)
+  (workdir / '.lock').unlink(missing_ok=True)
+  return workdir
+
+
 @pytest.mark.parametrize('damage', [_truncate_largest_file, _remove_metadata, _empty_directory,
                                     _garbage_loop_json],
                          ids=['truncated', 'no-metadata', 'emptied', 'garbage-loop-json'])
 def test_damaged_newest_checkpoint_falls_back_and_ends_exact(tmp_path, reference, damage,
-                                                             caplog):
+                                                             fifteen_steps, caplog):
   """Steps 10 and 15 on disk; 15 is damaged: the run warns naming it, moves it aside (kept),
   resumes from 10 and ends bit-identical to the uninterrupted run."""
   _, expected, _ = reference
-  train.train_and_evaluate(smoke_config(total_steps=15), tmp_path)
+  shutil.copytree(fifteen_steps, tmp_path, dirs_exist_ok=True)
   assert steps_on_disk(tmp_path)[-2:] == [10, 15]
   damage(tmp_path / 'checkpoints' / '15')
   with caplog.at_level(logging.WARNING):

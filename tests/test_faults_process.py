@@ -210,7 +210,7 @@ def test_expected_errors_are_one_line_and_debug_shows_the_trace(tmp_path, refere
   assert 'init_from' not in line
 
 
-def test_predict_skips_an_oversized_image_and_dot_files_and_logs_its_step(tmp_path, reference,
+def test_predict_skips_oversized_and_16bit_images_and_dot_files_and_logs_its_step(tmp_path, reference,
                                                                          monkeypatch, caplog):
   inputs = tmp_path / 'in'
   inputs.mkdir()
@@ -219,12 +219,16 @@ def test_predict_skips_an_oversized_image_and_dot_files_and_logs_its_step(tmp_pa
   for name in ('a.png', 'b.png'):
     Image.fromarray(digit).save(inputs / name)
   Image.fromarray(np.zeros((200, 200), np.uint8)).save(inputs / 'huge.png')
+  from test_faults_data import _png16  # pylint: disable=g-import-not-at-top
+  _png16(inputs / 'deep.png', np.full((28, 28, 3), 4095, np.uint16), colour_type=2)
   (inputs / '._a.png').write_bytes(b'\0\5\26\7 AppleDouble')  # macOS resource fork
   (inputs / '.DS_Store').write_bytes(b'Bud1')
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 10_000)  # 200^2 = 4x over: a "bomb"
   with caplog.at_level(logging.INFO):
     skipped = predict.run(reference[0], inputs, tmp_path / 'out')
-  assert len(skipped) == 1 and 'huge.png' in skipped[0] and 'too large' in skipped[0]
+  assert len(skipped) == 2, skipped
+  assert 'deep.png' in skipped[0] and '16 bits per channel' in skipped[0]
+  assert 'huge.png' in skipped[1] and 'too large' in skipped[1]
   rows = (tmp_path / 'out' / 'predictions.csv').read_text().splitlines()
   assert [r.split(',')[0] for r in rows[1:]] == ['a.png', 'b.png']
   assert 'Loaded weights from checkpoint' in caplog.text and '(step ' in caplog.text
