@@ -9,6 +9,7 @@ half-written checkpoint, and a failed write (full disk) stops the run at once, n
 A checkpoint that cannot be read is never deleted: restore falls back to the newest readable
 one and (when training would overwrite it) moves the bad one to W/checkpoints_corrupt/.
 """
+import contextlib
 import json
 import logging
 import os
@@ -42,10 +43,8 @@ def check_writable(directory):
         f'({type(e).__name__}). Free space there, fix its permissions, or choose another '
         '--workdir.') from e
   finally:
-    try:
+    with contextlib.suppress(OSError):  # the folder is missing or a file: said above
       probe.unlink(missing_ok=True)
-    except OSError:  # the folder itself is missing or a file: the error above says so
-      pass
 
 
 def _short(e, limit=300):

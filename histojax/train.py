@@ -246,7 +246,7 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
     loop.update(cpu_seconds=cost.cpu_seconds(), wall_seconds=cost.wall_seconds())
     ckpts.save(step, state, {'data_position': step, 'loop': loop,
                              'config': json.loads(config.to_json())},
-               keep=(loop['best_step'],), newest=config.get('ckpt_keep', 1))
+               keep=(loop['best_step'],), newest=config.ckpt_keep)
 
   # ---------------------------------------------------------------------- loop
   step = int(state.step)
