@@ -1,4 +1,4 @@
-"""Orbax checkpoints of train state + loop state (data position = step, best so far, cost) + config.
+"""Orbax checkpoints: train state + loop state (data position = step, best, cost) + config.
 
 Retention is decided here, not by orbax: after each save every checkpoint except the newest
 `config.ckpt_keep` and the best one is deleted. The best step comes from the loop state saved in every checkpoint,
