@@ -75,8 +75,9 @@ def _read(path, channels, size=None):
   except Image.DecompressionBombError as e:
     raise ValueError(f'too large to decode whole ({e}); tile it into smaller images first') from e
   with image:
-    if common.bit_depth(path, image) > 8 and image.mode in ('RGB', 'RGBA', 'L', 'P'):
-      raise ValueError(f'{common.bit_depth(path, image)} bits per channel, which PIL reads as '
+    depth = common.bit_depth(path, image)
+    if depth > 8 and image.mode in ('RGB', 'RGBA', 'L', 'P'):
+      raise ValueError(f'{depth} bits per channel, which PIL reads as '
                        '8-bit keeping only the high byte; convert it to 8-bit first')
     image.load()
     if size is not None and image.size != (size[1], size[0]):

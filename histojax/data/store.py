@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from histojax import workdir as workdir_lib
 from histojax.data import paths
 
 
@@ -125,7 +126,7 @@ def _prepare_locked(builder_cls, name, data_dir, meta_file, split_names, metas):
     shuffle.MAX_MEM_BUFFER_SIZE = max(shuffle.MAX_MEM_BUFFER_SIZE, 16 << 30)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    _write_atomic(meta_file, json.dumps(metas))
+    workdir_lib.write_json_atomic(meta_file, metas)  # never a torn side file
   metas = _read_meta(meta_file, split_names, builder)
   if metas is None:
     raise paths.DataError(f'{meta_file} is unreadable right after it was written; delete '
@@ -148,12 +149,3 @@ def _read_meta(meta_file, split_names, builder):
   if any(s not in splits or len(metas[s]) != splits[s].num_examples for s in split_names):
     return None
   return metas
-
-
-def _write_atomic(path, text):
-  """Writes via a temporary file + rename, so a crash never leaves a torn file behind."""
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
