@@ -4,6 +4,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from histojax.models import layers
+
 he_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')  # torch kaiming_normal_
 
 
@@ -27,7 +29,7 @@ class CNN(nn.Module):
                          dtype=self.dtype)(x)
       x = nn.relu(x)
       if i in self.pool_after:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool_2x2(x)
     x = x.mean(axis=(1, 2)) if self.pooling == 'gap' else x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.dense, kernel_init=he_init, dtype=self.dtype)(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -9,6 +9,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from histojax.models import layers
+
 # torchvision initialises ResNet convs with kaiming_normal_(mode='fan_out').
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 STEMS = ('imagenet', 'small')
@@ -65,7 +67,7 @@ class ResNet(nn.Module):
                 dtype=self.dtype, name='conv1')(x)
     x = nn.relu(_bn(train, self.dtype, 'bn1')(x))
     if big:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = layers.max_pool_3x3_s2(x)
     for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(blocks):
         x = BasicBlock(width, strides=2 if s > 0 and b == 0 else 1,

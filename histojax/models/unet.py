@@ -5,6 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from histojax.models import layers
 from histojax.models.cnn import he_init
 
 
@@ -47,12 +48,12 @@ class UNet(nn.Module):
       x = ConvBlock(width, dtype=self.dtype, name=f'down_{i}')(x, train)
       if i < depth:
         skips.append(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool_2x2(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i, width in enumerate(reversed(self.features[:-1])):
       # torch's ConvTranspose2d default keeps its bias; so do we, for a like-for-like peer.
-      x = nn.ConvTranspose(width, (2, 2), strides=(2, 2), padding='VALID', kernel_init=he_init,
-                           dtype=self.dtype, name=f'upconv_{i}')(x)
+      x = layers.ConvTranspose2x2(width, kernel_init=he_init, dtype=self.dtype,
+                                  name=f'upconv_{i}')(x)
       x = jnp.concatenate([x, skips.pop()], axis=-1)
       x = ConvBlock(width, dtype=self.dtype, name=f'up_{i}')(x, train)
     x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name='head')(x)
