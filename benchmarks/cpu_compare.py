@@ -38,6 +38,8 @@ BENCHES = {
         batch_size=8, model=dict(name='unet', features=(16, 32, 64, 128, 256), dropout=0.0),
         data=dict(crop_size=128)), PEER),
     'resnet18_100_b32': ('nuclei_resnet18', 'imagenet,fp32', dict(batch_size=32), PEER),
+    # The :cpu recipes' own models at their own batch (torch twins: benchmarks/torch_twins.py).
+    'mnist_cnn_cpu_b128': ('mnist_cnn', 'cpu', {}, TWINS),
 }
 
 
