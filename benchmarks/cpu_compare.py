@@ -40,6 +40,7 @@ BENCHES = {
     'resnet18_100_b32': ('nuclei_resnet18', 'imagenet,fp32', dict(batch_size=32), PEER),
     # The :cpu recipes' own models at their own batch (torch twins: benchmarks/torch_twins.py).
     'mnist_cnn_cpu_b128': ('mnist_cnn', 'cpu', {}, TWINS),
+    'warwick_unet_cpu_b8': ('warwick_unet', 'cpu', {}, TWINS),
 }
 
 

@@ -74,6 +74,7 @@ def base_config():
   c.data.max_train_examples = placeholder(int)  # subset for smoke runs
   c.data.max_eval_examples = placeholder(int)
   c.data.max_source_images = placeholder(int)
+  c.data.scale = 1.0               # segmentation working resolution (0.5: half); scored at 1.0
   c.data.root = placeholder(str)   # bring-your-own data folder
   # Class names in label order, e.g. ('A', 'B'): the class folders to use, the labels a CSV may
   # hold (any other label is an error), the nucleus types to keep. None: inferred / all.
@@ -87,6 +88,9 @@ def base_config():
   c.data.folds = 0
   c.data.fold = 0
   c.model = ml_collections.ConfigDict()
+  # The config argument sized for 2 CPU cores, e.g. 'configs/mnist_cnn.py:cpu': named (with a
+  # time estimate) when a GPU-sized recipe starts on a CPU backend; '' in the :cpu recipes.
+  c.cpu_recipe = ''
   c.mesh = [('data', -1)]
   c.distributed = False            # call jax.distributed.initialize() (multi-host)
   return c

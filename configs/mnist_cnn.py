@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.log_every_steps = 200
   if arg.bf16:
     c.dtype = 'bfloat16'
+  c.cpu_recipe = '' if arg.cpu else 'configs/mnist_cnn.py:cpu'
   if arg.cpu:  # 2 CPU cores, <= 0.5 core-hour: a 4x cheaper CNN, augmented, one-cycle cosine
     c.model = dict(name='cnn', features=(32, 32, 64, 64), pool_after=(1, 3), dense=128,
                    dropout=0.25, batch_norm=True)

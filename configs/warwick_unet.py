@@ -1,6 +1,9 @@
 r"""Gland segmentation on Warwick GlaS with a U-Net: the headline command.
 
 Command:  python launch.py --config=configs/warwick_unet.py --workdir=workdirs/glas
+CPU:      python launch.py --config=configs/warwick_unet.py:cpu --workdir=workdirs/glas_cpu
+          (2 CPU cores, <= 2 core-hours: half resolution, U-Net 16→256, 192 px crops, batch 8,
+          2,500 steps, flip TTA; scored on the full-resolution masks; see Expected)
 Smoke:    python launch.py --config=configs/warwick_unet.py:smoke --workdir=/tmp/glas_smoke
 Your own: python launch.py --config=configs/warwick_unet.py:root=DIR[,classes=K] --workdir=W
           (DIR/images + DIR/masks with matching stems; binary 0/255 or label masks 0..K-1;
@@ -26,7 +29,8 @@ from histojax.data import augment
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, smoke=False, fp32=False, flips_only=False, root='', classes=2)
+  arg = common.parse_arg(arg, smoke=False, fp32=False, flips_only=False, root='', classes=2,
+                         cpu=False)
   c = common.base_config()
   c.task, c.dataset = 'segmentation', 'glas'
   c.data.val_fraction = 0.2
@@ -57,6 +61,19 @@ def get_config(arg=None):
   # smaller than the candidate with the best val object F1 (0 = keep all). Pixel Dice: raw mask.
   c.object_min_size = 0
   c.object_min_size_candidates = (0, 50, 100, 200, 400, 800, 1600, 3200)
+  c.cpu_recipe = '' if arg.cpu else 'configs/warwick_unet.py:cpu'
+  if arg.cpu:  # 2 CPU cores, <= 2 core-hours: half resolution, a 4x narrower U-Net, fp32
+    c.data.scale = 0.5               # 192 px crops see 384 px of tissue
+    c.data.crop_size = 192
+    c.data.workers = 1
+    c.model = dict(name='unet', features=(16, 32, 64, 128, 256), dropout=0.0)
+    c.dtype = 'float32'              # bf16 is no faster on CPU (benchmarks/NOTES.md)
+    c.batch_size = 8
+    c.total_steps = 2500
+    c.schedule.warmup_steps = 100
+    c.eval_every_steps, c.ckpt_every_steps = 500, 500
+    c.inference = dict(window=(256, 256), overlap=0.5, blend='gaussian', window_batch=8,
+                       tta='flips')
   if arg.root:  # bring-your-own images/ + masks/: no GlaS object metrics, split by image
     c.dataset, c.data.root, c.num_classes = 'folder_seg', arg.root, arg.classes
     c.data.fractions = dict(train=0.7, val=0.15, test=0.15)

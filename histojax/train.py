@@ -93,6 +93,19 @@ def make_eval_step(model, task):
   return eval_step
 
 
+def log_cpu_estimate(config, steps_left, steps_per_sec):
+  """A GPU-sized recipe started on a CPU backend: how long it will take, and the :cpu recipe
+  sized for 2 cores (config key cpu_recipe; empty in the :cpu recipes themselves)."""
+  if not config.get('cpu_recipe'):
+    return
+  hours = steps_left / steps_per_sec / 3600
+  logging.warning(
+      'This recipe is sized for a GPU: on this CPU backend the remaining %d steps take about '
+      '%.1f hours (%.2f steps/s; evaluations not counted). On a CPU use its 2-core recipe: '
+      'python launch.py --config=%s --workdir=... (BENCHMARKS.md: measured budgets).',
+      steps_left, hours, steps_per_sec, config.cpu_recipe)
+
+
 def _improved(value, best, mode):
   if value is None or not np.isfinite(value):  # an undefined metric never selects a step
     return False
@@ -281,6 +294,9 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
     rate = progress.line(steps_done[-1], scalars)
     if np.isfinite(rate):
       scalars['train/steps_per_sec'] = rate
+      if not loop.get('cpu_estimate_logged') and jax.default_backend() == 'cpu':
+        loop['cpu_estimate_logged'] = True
+        log_cpu_estimate(config, total_steps - steps_done[-1], rate)
     writer.write(steps_done[-1], scalars)
 
   while mode == 'train' and step < total_steps and not loop['stopped_early']:

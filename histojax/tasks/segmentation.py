@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from histojax import inference, sharding
-from histojax.data import augment
+from histojax.data import augment, resample
 from histojax.metrics import objects
 from histojax.metrics import segmentation as seg_metrics
 
@@ -50,8 +50,11 @@ class SegmentationTask:
     self.class_weights = jnp.asarray(weights, jnp.float32) if weights else None
     params = dict(config.data.get('augment') or {})
     params['crop_size'] = config.data.crop_size
+    # Working resolution: images and masks downsampled for training and prediction,
+    # probabilities upsampled back, metrics on the original masks (histojax/data/resample.py).
+    self.scale = resample.check_scale(config.data.get('scale', 1.0))
     self.train_transform = functools.partial(_crop_example, params=params, seed=config.seed,
-                                             binary=self.binary)
+                                             binary=self.binary, scale=self.scale)
     self.window = tuple(config.inference.window)
     self.overlap = config.inference.overlap
     self.blend = config.inference.blend
@@ -145,7 +148,9 @@ class SegmentationTask:
         inference.sliding_window, lambda w: predict(state, sharding.to_global(mesh, {'w': w})['w']),
         window=self.window, overlap=self.overlap, window_batch=self.window_batch,
         blend=self.blend)
-    probs = inference.with_tta(one_view, np.asarray(image), self.tta)
+    image = np.asarray(image)
+    probs = inference.with_tta(one_view, resample.image(image, self.scale), self.tta)
+    probs = resample.probabilities(probs, image.shape[:2])
     return probs, np.argmax(probs, -1).astype(np.int32)
 
   def evaluate(self, model, state, source, *, mesh, process_index=0, process_count=1):
@@ -270,6 +275,10 @@ class SegmentationTask:
              '- Whole images are predicted by sliding window '
              f'({self.window[0]}x{self.window[1]}, overlap {self.overlap}, {self.blend} blending'
              f'{tta}).']
+    if self.scale != 1:
+      lines.append(f'- Working resolution {self.scale:g}x: images downsampled (antialiased '
+                   'bilinear) for training and prediction, probabilities upsampled back '
+                   '(bilinear); every metric is scored on the original full-resolution masks.')
     if self.object_metrics:
       lines += ['- `object_f1`, `object_dice`, `object_hausdorff`: GlaS challenge object-level '
                 'metrics (area-weighted, pooled over the part). Predicted objects are connected '
@@ -296,9 +305,10 @@ class SegmentationTask:
     return lines
 
 
-def _crop_example(example, *, epoch, index, params, seed, binary):
-  image, mask = augment.augment(np.asarray(example['image']), np.asarray(example['mask']),
-                                params, seed=seed, epoch=epoch, index=index)
+def _crop_example(example, *, epoch, index, params, seed, binary, scale=1.0):
+  image = resample.image(np.asarray(example['image']), scale)
+  mask = resample.mask(np.asarray(example['mask']), scale)
+  image, mask = augment.augment(image, mask, params, seed=seed, epoch=epoch, index=index)
   mask = (mask > 0) if binary else mask
   return {'image': image, 'mask': mask.astype(np.int32)}
 
