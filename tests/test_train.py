@@ -36,7 +36,7 @@ def _params(workdir, step=None):
   return jax.tree.map(np.asarray, state['params']), step
 
 
-def test_smoke_through_launch_main(tmp_path):
+def test_smoke_through_launch_main(tmp_path, caplog):
   import launch as launch_module
   flags.FLAGS.unparse_flags()
   flags.FLAGS(['launch.py', SMOKE, f'--workdir={tmp_path}'])
@@ -50,6 +50,9 @@ def test_smoke_through_launch_main(tmp_path):
   for name in ('report.md', 'config.json', 'plots/curves.png', 'plots/confusion_test.png'):
     assert (tmp_path / name).exists(), name
   assert list((tmp_path / 'tensorboard').iterdir())
+  # A GPU-sized recipe on a CPU backend estimates its time and names the 2-core recipe.
+  estimate = [r.getMessage() for r in caplog.records if 'sized for a GPU' in r.getMessage()]
+  assert len(estimate) == 1 and 'configs/mnist_cnn.py:cpu' in estimate[0], estimate
 
 
 def _run(workdir, *extra, timeout=240):
