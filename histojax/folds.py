@@ -20,7 +20,9 @@ import sys
 from histojax import writers
 
 DEFAULT_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1',
-                   'majority_baseline', 'dice', 'mean_iou', 'detection_f1', 'count')
+                   'majority_baseline', 'image_accuracy', 'image_balanced_accuracy',
+                   'image_majority_baseline', 'image_count', 'dice', 'mean_iou',
+                   'detection_f1', 'count')
 
 
 def final_metrics(workdir: str, part: str = 'test') -> dict[str, float]:

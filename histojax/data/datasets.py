@@ -34,18 +34,25 @@ class Indexed:
   decoded examples it has read (whole training images: many crops are cut from each, and
   decoding dominates the input pipeline otherwise)."""
 
-  def __init__(self, source, indices, cache=False):
+  def __init__(self, source, indices, cache=False, fields=None):
     self.source, self.indices = source, np.asarray(indices, np.int64)
     self.cache = {} if cache else None
+    # Extra per-example fields, indexed like `source` (e.g. the source image of each tile).
+    self.fields = fields or {}
 
   def __len__(self):
     return len(self.indices)
 
+  def _read(self, i):
+    j = int(self.indices[i])
+    example = self.source[j]
+    return dict(example, **{k: v[j] for k, v in self.fields.items()}) if self.fields else example
+
   def __getitem__(self, i):
     if self.cache is None:
-      return self.source[int(self.indices[i])]
+      return self._read(i)
     if i not in self.cache:
-      self.cache[i] = self.source[int(self.indices[i])]
+      self.cache[i] = self._read(i)
     return self.cache[i]
 
   def __getstate__(self):  # workers start with an empty cache
@@ -122,7 +129,7 @@ def _fingerprint(config, files, *keys):
           'max_source_images': config.data.get('max_source_images'), **settings}
 
 
-def _split_by_group(stored, groups, labels, config, notes, cache_train=False):
+def _split_by_group(stored, groups, labels, config, notes, cache_train=False, fields=None):
   """Group-aware train/val/test over one stored split; a leaky split only on request."""
   folds = config.data.get('folds') or 0
   if folds and config.data.get('allow_leakage'):
@@ -142,7 +149,7 @@ def _split_by_group(stored, groups, labels, config, notes, cache_train=False):
   else:
     split = splits.group_split(groups, labels, _fractions(config), config.seed)
     splits.check_disjoint(split, groups)
-  return {name: Indexed(stored, idx, cache=cache_train and name == 'train')
+  return {name: Indexed(stored, idx, cache=cache_train and name == 'train', fields=fields)
           for name, idx in split.items()}
 
 
@@ -344,8 +351,14 @@ def _csv_patches(config):
            'no source image or patient, so the split is by patch: patches cut from one slide '
            'can sit in train and test, and val/test scores may be optimistic.'] + [
                f'Skipped bad input: {s}' for s in records.skipped]
-  parts = _split_by_group(stored['examples'], groups, labels, config, notes)
-  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes}
+  # Each tile's source image, so that evaluation also scores whole images (mean tile
+  # probability): image ids index `images`, the same in every split.
+  image_index = {name: i for i, (name, *_) in enumerate(images)}
+  image_id = np.array([image_index[m[0]] for m in tiles_meta], np.int32)
+  parts = _split_by_group(stored['examples'], groups, labels, config, notes,
+                          fields={'image_id': image_id})
+  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes,
+          'num_images': len(images)}
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
 
 
@@ -393,8 +406,14 @@ def _tiles(config):
   notes = [f'{len(tiles_meta)} tiles of {size}x{size} px with tissue fraction >= {min_tissue} '
            f'from {len(images)} images; split by {"patient" if images[0][1] else "image"}.'] + [
                f'Skipped bad input: {s}' for s in records.skipped]
-  parts = _split_by_group(stored['examples'], groups, labels, config, notes)
-  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes}
+  # Each tile's source image, so that evaluation also scores whole images (mean tile
+  # probability): image ids index `images`, the same in every split.
+  image_index = {name: i for i, (name, *_) in enumerate(images)}
+  image_id = np.array([image_index[m[0]] for m in tiles_meta], np.int32)
+  parts = _split_by_group(stored['examples'], groups, labels, config, notes,
+                          fields={'image_id': image_id})
+  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes,
+          'num_images': len(images)}
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
 
 

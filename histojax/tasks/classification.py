@@ -40,12 +40,54 @@ class EvalMetrics(clu_metrics.Collection):
   confusion: ConfusionMatrix
 
 
+def image_votes(num_images, num_classes):
+  """A metric summing, per source image, the class probabilities of its tiles and their
+  one-hot labels ([num_images, C] each, on device, exact under any batching): the image-level
+  prediction is the class of the highest mean tile probability."""
+
+  @flax.struct.dataclass
+  class ImageVotes(clu_metrics.Metric):
+    probs: jnp.ndarray
+    labels: jnp.ndarray
+
+    @classmethod
+    def from_model_output(cls, *, logits, labels, mask, image_id, **_):
+      segment = lambda v: jax.ops.segment_sum(v * mask[:, None], image_id,
+                                              num_segments=num_images)
+      return cls(probs=segment(jax.nn.softmax(logits)),
+                 labels=segment(jax.nn.one_hot(labels, num_classes)))
+
+    def merge(self, other):
+      return type(self)(probs=self.probs + other.probs, labels=self.labels + other.labels)
+
+    def compute(self):
+      return {'probs': self.probs, 'labels': self.labels}
+
+  return ImageVotes
+
+
+def image_confusion(votes):
+  """[true, predicted] counts over the images with at least one tile in the split."""
+  probs, labels = np.asarray(votes['probs']), np.asarray(votes['labels'])
+  present = labels.sum(-1) > 0
+  true, pred = labels[present].argmax(-1), probs[present].argmax(-1)
+  k = labels.shape[-1]
+  return np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
+
+
 class ClassificationTask:
   eval_metrics = EvalMetrics
   curve_metrics = ('loss', 'accuracy')
 
   def __init__(self, config, info):
     self.num_classes = info['num_classes']
+    # Tiles of whole images (info['num_images']): also scored per source image.
+    self.num_images = info.get('num_images')
+    self.metrics = EvalMetrics
+    if self.num_images:
+      self.metrics = clu_metrics.Collection.create(
+          loss=clu_metrics.Average.from_output('loss'), accuracy=clu_metrics.Accuracy,
+          confusion=ConfusionMatrix, image_votes=image_votes(self.num_images, self.num_classes))
     self.class_names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
     self.mean = jnp.asarray(config.data.get('mean', (0.5,)), jnp.float32)
     self.std = jnp.asarray(config.data.get('std', (0.5,)), jnp.float32)
@@ -73,9 +115,10 @@ class ClassificationTask:
             'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
 
   def eval_output(self, logits, batch):
-    return EvalMetrics.single_from_model_output(
+    extra = {'image_id': batch['image_id']} if self.num_images else {}
+    return self.metrics.single_from_model_output(
         logits=logits, labels=batch['label'], mask=batch['mask'],
-        loss=self.loss(logits, batch))
+        loss=self.loss(logits, batch), **extra)
 
   def summarize(self, computed):
     """Scalars for metrics.jsonl (plus per-class F1); the confusion matrix for the report."""
@@ -83,15 +126,21 @@ class ClassificationTask:
     metrics = cls_metrics.from_confusion(matrix)
     out = {'loss': float(computed['loss']), **cls_metrics.scalars(metrics)}
     out.update({f'f1_{name}': float(f) for name, f in zip(self.class_names, metrics['f1'])})
-    return out, matrix
+    details = {'tiles': matrix, 'images': None}
+    if 'image_votes' in computed:
+      details['images'] = image_confusion(computed['image_votes'])
+      image_metrics = cls_metrics.from_confusion(details['images'])
+      out.update({f'image_{k}': v for k, v in cls_metrics.scalars(image_metrics).items()})
+    return out, details
 
   def report_sections(self, workdir, results, info):
     from histojax import report  # pylint: disable=g-import-not-at-top
     names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
     lines = []
-    for part, (_, confusion) in results.items():
+    for part, (_, details) in results.items():
       if part == 'val':
         continue
+      confusion = details['tiles']
       metrics = cls_metrics.from_confusion(confusion)
       ok, message = cls_metrics.bias_check(metrics, class_names=names)
       if not ok:
@@ -102,6 +151,16 @@ class ClassificationTask:
                 f'![confusion]({png.relative_to(workdir)})', '',
                 'Confusion matrix (rows: true, columns: predicted):', '', '```',
                 np.array2string(np.asarray(confusion), max_line_width=200), '```', '']
+      if details['images'] is not None:
+        image_metrics = cls_metrics.from_confusion(details['images'])
+        ok, message = cls_metrics.bias_check(image_metrics, class_names=names)
+        if not ok:
+          logging.warning('%s, per image: %s', part, message)
+        lines += [f'### {part}, per source image (mean tile probability)', '',
+                  f'> Per image: {message}', '',
+                  cls_metrics.markdown_table(image_metrics, names), '',
+                  'Image confusion matrix (rows: true, columns: predicted):', '', '```',
+                  np.array2string(details['images'], max_line_width=200), '```', '']
     return lines
 
 
