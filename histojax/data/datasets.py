@@ -351,14 +351,8 @@ def _csv_patches(config):
            'no source image or patient, so the split is by patch: patches cut from one slide '
            'can sit in train and test, and val/test scores may be optimistic.'] + [
                f'Skipped bad input: {s}' for s in records.skipped]
-  # Each tile's source image, so that evaluation also scores whole images (mean tile
-  # probability): image ids index `images`, the same in every split.
-  image_index = {name: i for i, (name, *_) in enumerate(images)}
-  image_id = np.array([image_index[m[0]] for m in tiles_meta], np.int32)
-  parts = _split_by_group(stored['examples'], groups, labels, config, notes,
-                          fields={'image_id': image_id})
-  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes,
-          'num_images': len(images)}
+  parts = _split_by_group(stored['examples'], groups, labels, config, notes)
+  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes}
   return pipeline.Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
 
 
