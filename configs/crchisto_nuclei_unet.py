@@ -5,7 +5,8 @@ Command:  python launch.py --config=configs/crchisto_nuclei_unet.py --workdir=wo
 Types:    python launch.py --config=configs/crchisto_types_unet.py --workdir=workdirs/types
 CPU:      python launch.py --config=configs/crchisto_nuclei_unet.py:cpu --workdir=workdirs/nuclei_cpu
           (2 CPU cores, <= 1.5 core-hours: U-Net 16→256, 128 px crops, 5,000 steps, best
-          checkpoint by val detection F1, flip TTA)
+          checkpoint by val detection F1, flip TTA. Measured: test detection F1 0.783 in
+          4,281 CPU-s = 1.19 core-hours, 62 min wall shared with CI; bar 0.80 not reached)
 Smoke:    python launch.py --config=configs/crchisto_nuclei_unet.py:smoke --workdir=/tmp/n
 
 Masks: a disc of radius 5 px around every annotated nucleus centre (29,830 unique nuclei in
