@@ -30,6 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, '..', 'shared', 'peer', 'peer_torch_cpu.py')
 TWINS = os.path.join(ROOT, 'benchmarks', 'torch_twins.py')
+sys.path.insert(0, ROOT)  # configs/ and histojax/, from any working directory
 
 # bench → (config module, config argument, overrides applied to the config, torch script)
 BENCHES = {
@@ -69,20 +70,17 @@ def _random_batch(config, rng):
           'label': rng.integers(0, classes, b).astype(np.int32)}
 
 
-def time_histojax(bench, steps, warm=3):
-  """img/s of the loop's jitted train step (after compile and `warm` steps)."""
+def time_train_step(config, host, num_classes, steps, warm=3, schedule=(1000, 10000)):
+  """(seconds for `steps` steps, first-step seconds) of the loop's jitted, donated train step
+  on `host` (one global batch of numpy arrays), after compile and `warm` steps."""
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from histojax import models, schedules, sharding, tasks, train  # pylint: disable=g-import-not-at-top
-  config = _config(bench)
-  host = _random_batch(config, np.random.default_rng(0))
-  num_classes = {'mnist': 10, 'glas': 2}.get(config.dataset, 4)
   mesh = sharding.make_mesh(config)
   task = tasks.get_task(config, {'num_classes': num_classes})
   model = models.get_model(config, task.out_channels if config.task == 'segmentation'
                            else num_classes)
-  tx, _ = schedules.optimizer(config, 1000, 10000)
+  tx, _ = schedules.optimizer(config, *schedule)
   batch = sharding.to_global(mesh, host)
   init_rng, train_rng = jax.random.split(jax.random.key(0))
   state = jax.jit(train.make_init(model, task, tx, host),
@@ -99,7 +97,16 @@ def time_histojax(bench, steps, warm=3):
   for _ in range(steps):
     state, metrics = step(state, batch)
   jax.block_until_ready((state, metrics))
-  seconds = time.perf_counter() - t0
+  return time.perf_counter() - t0, first
+
+
+def time_histojax(bench, steps):
+  """img/s of the loop's train step on `bench`'s config."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  config = _config(bench)
+  host = _random_batch(config, np.random.default_rng(0))
+  num_classes = {'mnist': 10, 'glas': 2}.get(config.dataset, 4)
+  seconds, first = time_train_step(config, host, num_classes, steps)
   return {'bench': bench, 'side': 'histojax', 'batch': config.batch_size,
           'dtype': config.dtype, 'img_per_s': round(config.batch_size * steps / seconds, 2),
           'ms_per_step': round(1000 * seconds / steps, 1), 'first_step_s': round(first, 2),

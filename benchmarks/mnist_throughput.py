@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from configs import mnist_cnn
-from histojax import models, schedules, sharding, tasks, train
+from benchmarks import cpu_compare
+from histojax import train
 
 flags.DEFINE_string('batches', '64,1024', 'Global batch sizes.')
 flags.DEFINE_string('dtypes', 'float32,bfloat16', 'Compute dtypes.')
@@ -30,30 +31,11 @@ FLAGS = flags.FLAGS
 def time_steps(batch_size, dtype, steps):
   config = mnist_cnn.get_config()
   config.dtype = dtype
-  mesh = sharding.make_mesh(config)
-  task = tasks.get_task(config, {'num_classes': 10})
-  model = models.get_model(config, 10)
-  tx, _ = schedules.optimizer(config, 859, 22334)
   rng = np.random.default_rng(0)
   host = {'image': rng.integers(0, 256, (batch_size, 28, 28, 1), dtype=np.uint8),
           'label': rng.integers(0, 10, batch_size).astype(np.int32)}
-  batch = sharding.to_global(mesh, host)
-  init_rng, train_rng = jax.random.split(jax.random.key(0))
-  state = jax.jit(train.make_init(model, task, tx, host),
-                  out_shardings=sharding.replicated(mesh))(init_rng)
-  step = jax.jit(train.make_train_step(model, task, tx, train_rng), donate_argnums=(0,))
-  t0 = time.perf_counter()
-  state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - t0
-  for _ in range(2):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  seconds = time.perf_counter() - t0
+  seconds, compile_s = cpu_compare.time_train_step(config, host, 10, steps,
+                                                   schedule=(859, 22334))
   return {'bench': 'mnist_cnn_train_step', 'device': jax.devices()[0].device_kind,
           'n_devices': jax.device_count(), 'batch': batch_size, 'dtype': dtype,
           'img_per_s': round(batch_size * steps / seconds, 1),
