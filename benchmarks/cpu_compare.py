@@ -73,7 +73,6 @@ def _random_batch(config, rng):
 def time_train_step(config, host, num_classes, steps, warm=3, schedule=(1000, 10000)):
   """(seconds for `steps` steps, first-step seconds) of the loop's jitted, donated train step
   on `host` (one global batch of numpy arrays), after compile and `warm` steps."""
-  sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   from histojax import models, schedules, sharding, tasks, train  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config)
