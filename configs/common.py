@@ -59,6 +59,7 @@ def base_config():
   # Keras-style kernel_/bias_regularizer: l2 * sum(w**2) of conv/dense layers added to the loss.
   c.l2_kernel = 0.0
   c.l2_bias = 0.0
+  c.label_smoothing = 0.0          # classification: training targets (1-a)*onehot + a/classes
   # Model selection and early stopping on a validation metric.
   c.best_metric = 'val/accuracy'
   c.best_mode = 'max'              # max | min
@@ -74,7 +75,8 @@ def base_config():
   c.data.max_train_examples = placeholder(int)  # subset for smoke runs
   c.data.max_eval_examples = placeholder(int)
   c.data.max_source_images = placeholder(int)
-  c.data.scale = 1.0               # segmentation working resolution (0.5: half); scored at 1.0
+  c.data.scale = 1.0               # working resolution (0.5: half): segmentation scores at 1.0;
+                                   # tile datasets tile the image downsampled by it
   c.data.root = placeholder(str)   # bring-your-own data folder
   # Class names in label order, e.g. ('A', 'B'): the class folders to use, the labels a CSV may
   # hold (any other label is an error), the nucleus types to keep. None: inferred / all.

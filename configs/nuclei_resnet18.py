@@ -23,7 +23,7 @@ from configs import common, nuclei_cnn
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False, imagenet=False, fp32=False, csv='', images='',
-                         gray=False, classes='', folds=0, fold=0)
+                         gray=False, classes='', folds=0, fold=0, cpu=False)
   c = nuclei_cnn.get_config('smoke' if arg.smoke else None)
   if arg.classes and not arg.csv:
     raise ValueError('config argument classes=... is for the CSV layout (csv=...,images=...).')
@@ -44,6 +44,17 @@ def get_config(arg=None):
     c.data.mean, c.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     if arg.gray:  # ImageNet statistics of the luma of R=G=B inputs
       c.data.mean, c.data.std = (0.449,), (0.226,)
+  c.cpu_recipe = '' if arg.cpu else 'configs/nuclei_resnet18.py:cpu'
+  if arg.cpu:  # 2 CPU cores, <= 1.5 core-hours: ImageNet stem (25 px after it), fp32, 11 epochs
+    c.model.stem = 'imagenet'
+    c.dtype = 'float32'           # bf16 is no faster on this CPU
+    c.batch_size = 64
+    c.total_steps, c.total_epochs = 2800, None
+    c.eval_every_steps, c.eval_every_epochs = 400, None
+    c.ckpt_every_steps, c.ckpt_every_epochs = 400, None
+    c.label_smoothing = 0.1
+    c.explain_samples = 0
+    c.data.workers = 1
   if arg.smoke:
     common.smoke(c)
     c.model.widths = (8, 16, 16, 32)

@@ -24,7 +24,7 @@ from configs import common, nuclei_cnn
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False, root='', classes='', leaky=False,
-                         folds=0, fold=0)
+                         folds=0, fold=0, cpu=False)
   c = nuclei_cnn.get_config('smoke' if arg.smoke else None)
   if arg.root:
     c.dataset = 'folder_tiles'
@@ -39,6 +39,18 @@ def get_config(arg=None):
   common.set_folds(c, arg)
   c.best_metric = 'val/balanced_accuracy'
   c.total_epochs = 20
+  if arg.cpu:  # 2 CPU cores: half magnification, overlapping 128 px tiles, chosen per image
+    c.data.scale = 0.5            # a tile covers 256 px of the original: whole glands
+    c.data.tile_size, c.data.tile_stride = 128, 64
+    c.model.features = (32, 32, 64, 64, 128, 128)
+    c.model.pool_after = (0, 1, 3, 5)  # the first pool early: 64 px after one conv
+    c.batch_size = 64
+    c.total_epochs = 30
+    c.schedule.warmup_steps = 50
+    c.best_metric = 'val/image_balanced_accuracy'
+    c.early_stopping_patience = 0
+    c.explain_samples = 0
+    c.data.workers = 1
   if arg.smoke:
     c.total_steps, c.total_epochs = 20, None
   return c

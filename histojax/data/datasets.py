@@ -26,7 +26,7 @@ import logging
 
 import numpy as np
 
-from histojax.data import derive, paths, pipeline, splits, store
+from histojax.data import derive, paths, pipeline, resample, splits, store
 
 
 class Indexed:
@@ -360,6 +360,9 @@ def _tiles(config):
   """Whole images of a few classes → tiles; label = the image's class; split by group."""
   size = config.data.get('tile_size', 100)
   min_tissue = config.data.get('min_tissue', 0.5)
+  # Magnification: whole images are downsampled (antialiased) before tiling, so that a tile
+  # of `size` px covers size / scale px of the original image.
+  scale = resample.check_scale(config.data.get('scale', 1.0))
   if config.dataset == 'glas_tiles':
     from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
     records = _subsample(_records(config, lambda skip: glas.records(skip_bad=skip),
@@ -385,20 +388,23 @@ def _tiles(config):
   def generate(split):
     del split
     for name, patient, label, _, load in images:
-      tiles = derive.tile_image(load(), size, config.data.get('tile_stride'), source=name,
+      tiles = derive.tile_image(resample.image(load(), scale), size,
+                                config.data.get('tile_stride'), source=name,
                                 patient=patient, min_tissue=min_tissue)
       for tile in tiles['image']:
         yield {'image': tile, 'label': np.int32(label)}, [name, patient, int(label)]
 
   stored, metas = store.prepare(config.dataset, _fingerprint(
-      config, inputs, 'tile_size', 'tile_stride', 'min_tissue', 'root',
+      config, inputs, 'tile_size', 'tile_stride', 'min_tissue', 'scale', 'root',
       'classes'), ['examples'], generate, {'image': ((size, size, 3), np.uint8),
                                       'label': ((), np.int32)})
   tiles_meta = metas['examples']
   groups = splits.group_keys([m[0] for m in tiles_meta], [m[1] for m in tiles_meta])
   labels = [m[2] for m in tiles_meta]
-  notes = [f'{len(tiles_meta)} tiles of {size}x{size} px with tissue fraction >= {min_tissue} '
-           f'from {len(images)} images; split by {"patient" if images[0][1] else "image"}.'] + [
+  at_scale = f' at {scale:g}x (each covers {size / scale:g} px of the original)' * (scale != 1)
+  group = 'patient' if images[0][1] else 'image'
+  notes = [f'{len(tiles_meta)} tiles of {size}x{size} px{at_scale} with tissue fraction >= '
+           f'{min_tissue} from {len(images)} images; split by {group}.'] + [
                f'Skipped bad input: {s}' for s in records.skipped]
   # Each tile's source image, so that evaluation also scores whole images (mean tile
   # probability): image ids index `images`, the same in every split.

@@ -1,8 +1,9 @@
-"""A lower working resolution for segmentation (config key `data.scale`).
+"""A lower working resolution (config key `data.scale`).
 
-Images are downsampled once per example (antialiased bilinear), masks by nearest neighbour;
-the model trains and predicts at that resolution, and its probabilities are upsampled back
-(bilinear) to the original size, so that every metric is scored on the original masks.
+Segmentation: images are downsampled once per example (antialiased bilinear), masks by nearest
+neighbour; the model trains and predicts at that resolution, and its probabilities are
+upsampled back (bilinear) to the original size, so that every metric is scored on the original
+masks. Tile classifiers: whole images are downsampled before tiling (a lower magnification).
 """
 import numpy as np
 from PIL import Image

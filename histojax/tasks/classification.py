@@ -95,6 +95,7 @@ class ClassificationTask:
     self.explain_samples = config.get('explain_samples', 0)
     self.explain_indices = tuple(config.get('explain_indices') or ())
     self.seed = config.get('seed', 0)
+    self.label_smoothing = float(config.get('label_smoothing', 0.0))
     host = config.data.get('augment')
     # Host-side joint augmentation (H&E patches), drawn from (seed, epoch, index).
     self.train_transform = (functools.partial(_augment_example, params=dict(host),
@@ -108,7 +109,12 @@ class ClassificationTask:
     return (x - self.mean) / self.std
 
   def loss(self, logits, batch):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    """The training loss: cross-entropy against labels smoothed by `label_smoothing`."""
+    if not self.label_smoothing:
+      return _cross_entropy(logits, batch)
+    targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], logits.shape[-1]),
+                                  self.label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
   def train_metrics(self, logits, batch, loss):
     return {'loss': jnp.mean(loss),
@@ -118,7 +124,7 @@ class ClassificationTask:
     extra = {'image_id': batch['image_id']} if self.num_images else {}
     return self.metrics.single_from_model_output(
         logits=logits, labels=batch['label'], mask=batch['mask'],
-        loss=self.loss(logits, batch), **extra)
+        loss=_cross_entropy(logits, batch), **extra)
 
   def summarize(self, computed):
     """Scalars for metrics.jsonl (plus per-class F1); the confusion matrix for the report."""
@@ -197,6 +203,11 @@ class ClassificationTask:
         explain.overlay_png(rgb, attribution, png, f'{name}: {title}')
         lines += [f'![{name}]({png.relative_to(workdir)})', '']
     return lines
+
+
+def _cross_entropy(logits, batch):
+  """Plain cross-entropy: what evaluation reports, whatever the training smoothing."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
 
 
 def _augment_example(example, *, epoch, index, params, seed):
