@@ -52,6 +52,10 @@ def get_config(arg=None):
   c.eval_every_epochs = c.ckpt_every_epochs = 1.0
   c.best_metric, c.best_mode = 'val/dice', 'max'
   c.detection_radius = 6.0
+  # Nucleus centres: blob centroids (0), or distance-map maxima >= d px apart, which split
+  # touching nuclei; the final report chooses among the candidates on val detection F1.
+  c.detection_split = 0
+  c.detection_split_candidates = () if arg.types else (0, 2, 3, 4, 5)
   c.inference = dict(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8,
                      tta='none')
   c.cpu_recipe = '' if arg.cpu else 'configs/crchisto_nuclei_unet.py:cpu'

@@ -116,3 +116,26 @@ def test_object_min_size_is_chosen_on_val_and_applied_to_test():
   test = task.evaluate(None, None, source, mesh=None)
   assert test[0]['object_f1'] == 1.0
   assert 'chosen on val' in task.min_size_note
+
+
+def test_detection_split_is_chosen_on_val_and_applied_to_test():
+  config = ml_collections.ConfigDict(dict(
+      seed=0, loss='bce', detection_split=0, detection_split_candidates=(3, 20),
+      data=dict(crop_size=8, augment=None),
+      inference=dict(window=(8, 8), overlap=0.25, blend='constant', window_batch=2)))
+  task = segmentation.SegmentationTask(config, {'num_classes': 2, 'points': True})
+  rows, cols = np.indices((48, 48))
+  points = np.array([(20, 16), (20, 24), (36, 38)])  # a touching pair and a lone nucleus
+  pred = np.any([(rows - r) ** 2 + (cols - c) ** 2 <= 25 for r, c in points], 0)
+  example = {'image': np.zeros((48, 48, 3), np.uint8), 'mask': pred.astype(np.int32),
+             'points': points[:, ::-1], 'point_labels': np.zeros(3, np.int32)}
+  task.predict_image = lambda *args: (None, pred.astype(np.int32))
+  val = task.evaluate(None, None, [example], mesh=None)
+  assert val[0]['detection_recall'] == pytest.approx(2 / 3)  # centroids merge the pair
+  scalars, _ = task.select_on_val(val)
+  # Both 3 and 20 split the pair (its two maxima are equal, so both survive any window): the
+  # tie goes to the smaller.
+  assert task.detection_split == 3 and scalars['detection_f1'] == 1.0
+  assert task.evaluate(None, None, [example], mesh=None)[0]['detection_f1'] == 1.0
+  assert task.postprocess_settings() == {'detection_split': 3}
+  assert 'chosen on val' in task.split_note

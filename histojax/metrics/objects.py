@@ -1,4 +1,6 @@
-"""Object-level metrics on host (numpy/scipy): GlaS gland segmentation and nucleus detection.
+"""GlaS gland segmentation object-level metrics on host (numpy/scipy).
+
+Nucleus detection (points) is in `histojax/metrics/detection.py`.
 
 GlaS (Sirinukunwattana et al. 2017, official MATLAB evaluation_v6), per test part. Objects
 are the nonzero labels of instance maps; a bool or 0/1 map is a binary mask, split into
@@ -24,14 +26,9 @@ Dice 0 and Hausdorff = the image diagonal hypot(H, W) (more than any in-image di
 the empty side's own term is Dice 0 / the diagonal (pooled: the part's largest diagonal, if
 that side is empty in every image). An image with no objects on either side is perfect:
 F1 = Dice = 1, Hausdorff 0 (official F1score and ObjectDice do the same).
-
-Detection: predicted blob centroids are matched one-to-one to annotated points (row, col)
-within `radius` px by a maximum-cardinality, minimum-total-distance assignment. Precision,
-recall and F1 are 0 where their denominator is 0, except that no points and no predictions
-at all scores 1 for each. Counts are summed over images before scoring.
 """
 import numpy as np
-from scipy import ndimage, optimize, spatial
+from scipy import ndimage, spatial
 
 
 def label_objects(binary, min_size=0, connectivity=None):
@@ -42,10 +39,10 @@ def label_objects(binary, min_size=0, connectivity=None):
   binary = np.asarray(binary) > 0
   rank = binary.ndim if connectivity is None else connectivity
   labels, _ = ndimage.label(binary, ndimage.generate_binary_structure(binary.ndim, rank))
-  return _consecutive(labels, min_size)
+  return consecutive_labels(labels, min_size)
 
 
-def _consecutive(labels, min_size=0):
+def consecutive_labels(labels, min_size=0):
   """Relabels an instance map to 1..N in order of the original labels (0 stays background)."""
   labels = np.asarray(labels)
   if not labels.size:
@@ -67,7 +64,7 @@ def _consecutive(labels, min_size=0):
   return remap[index]
 
 
-def _prf(tp, fp, fn):
+def precision_recall_f1(tp, fp, fn):
   """Precision, recall, F1 (0 on a zero denominator; 1 when tp = fp = fn = 0)."""
   tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
   def div(num, den):
@@ -171,7 +168,7 @@ def _glas_image(pred, gt):
   # A 0/1 map is a binary mask, not one object: treating it as an instance map would merge
   # every gland into one.
   as_objects = lambda m: (label_objects(m) if m.dtype == bool or m.max(initial=0) <= 1
-                          else _consecutive(m))
+                          else consecutive_labels(m))
   s, g = _Objects(as_objects(pred)), _Objects(as_objects(gt))
   diag = float(np.hypot(*gt.shape))
   overlap = np.bincount((s.labels.ravel().astype(np.int64) * (g.n + 1) + g.labels.ravel()),
@@ -233,9 +230,9 @@ class GlaSMetrics:
     tot = {k: sum(im[k] for im in ims) for k in ('tp', 'fp', 'fn', 'n_pred', 'n_gt', 's_area',
                                                   'g_area', 's_dice', 'g_dice', 's_hd', 'g_hd')}
     worst_hd = max((im['diag'] for im in ims), default=0.0)
-    precision, recall, f1 = _prf(tot['tp'], tot['fp'], tot['fn'])
+    precision, recall, f1 = precision_recall_f1(tot['tp'], tot['fp'], tot['fn'])
     per_image = {k: np.array([im[k] for im in ims], np.int64) for k in ('tp', 'fp', 'fn')}
-    p, r, f = _prf(per_image['tp'], per_image['fp'], per_image['fn'])
+    p, r, f = precision_recall_f1(per_image['tp'], per_image['fp'], per_image['fn'])
     per_image.update(precision=p, recall=r, f1=f)
     per_image['object_dice'] = np.array(
         [_two_sided(im['s_dice'], im['s_area'], im['g_dice'], im['g_area'], 0.0, 1.0)
@@ -266,127 +263,3 @@ def glas_object_metrics(pairs):
   for pred, gt in pairs:
     acc.update(pred, gt)
   return acc.compute()
-
-
-def blob_centroids(binary_or_label_map, min_size=0):
-  """Centroids [N, ndim] (row, col) of the objects of a label map, or of the connected
-  components of a binary (bool or 0/1) mask; objects < min_size px dropped."""
-  m = np.asarray(binary_or_label_map)
-  labels = (label_objects(m, min_size) if m.dtype == bool or m.max(initial=0) <= 1
-            else _consecutive(m, min_size))
-  return _centroids(labels)
-
-
-def _centroids(labels):
-  n = int(labels.max(initial=0))
-  flat = labels.ravel()
-  count = np.bincount(flat, minlength=n + 1)[1:]
-  grid = np.indices(labels.shape).reshape(labels.ndim, -1)
-  sums = [np.bincount(flat, weights=axis, minlength=n + 1)[1:] for axis in grid]
-  return np.stack(sums, -1).reshape(n, labels.ndim) / np.maximum(count, 1)[:, None]
-
-
-def _match(pred, true, radius):
-  """Index pairs of a one-to-one matching within radius: most pairs, then least distance."""
-  pred = np.asarray(pred, np.float64).reshape(-1, 2)
-  true = np.asarray(true, np.float64).reshape(-1, 2)
-  if not len(pred) or not len(true):
-    return np.zeros(0, int), np.zeros(0, int)
-  dist = spatial.distance.cdist(pred, true)
-  ok = dist <= radius
-  rows, cols = np.flatnonzero(ok.any(1)), np.flatnonzero(ok.any(0))
-  if not len(rows):
-    return np.zeros(0, int), np.zeros(0, int)
-  sub_ok, sub = ok[np.ix_(rows, cols)], dist[np.ix_(rows, cols)]
-  # A penalty above any sum of in-radius distances makes the minimum-cost assignment use as
-  # few out-of-radius pairs as possible, i.e. match as many points as possible.
-  penalty = (radius + 1.0) * (min(sub.shape) + 1)
-  r, c = optimize.linear_sum_assignment(np.where(sub_ok, sub, penalty))
-  keep = sub_ok[r, c]
-  return rows[r[keep]], cols[c[keep]]
-
-
-def _counts(n_pred, n_true, n_matched):
-  return {'tp': int(n_matched), 'fp': int(n_pred - n_matched), 'fn': int(n_true - n_matched)}
-
-
-def _counts_ignoring(pred, true, ignore, radius):
-  """Counts of one matching of pred to all true points; pairs with an ignored point and
-  unmatched ignored points count nowhere."""
-  _, cols = _match(pred, true, radius)
-  ignored = int(ignore[cols].sum())
-  return _counts(len(pred) - ignored, int((~ignore).sum()), len(cols) - ignored)
-
-
-def _with_scores(counts):
-  p, r, f = _prf(counts['tp'], counts['fp'], counts['fn'])
-  return dict(counts, precision=float(p), recall=float(r), f1=float(f))
-
-
-def detection_f1(pred_points, true_points, radius=6.0):
-  """One-to-one matching of predicted to true points (row, col) within radius px."""
-  pred = np.asarray(pred_points, np.float64).reshape(-1, 2)
-  true = np.asarray(true_points, np.float64).reshape(-1, 2)
-  r, _ = _match(pred, true, radius)
-  return _with_scores(_counts(len(pred), len(true), len(r)))
-
-
-def typed_detection(pred_type_map, true_points, true_labels, num_classes, radius=6.0,
-                    min_size=0):
-  """Overall and per-class detection from a type map (0 = background, types 1..C-1).
-
-  Predicted nuclei are the connected components of (type_map > 0), each typed by the
-  majority type of its pixels (ties: lowest type). Per-class counts match class-c
-  predictions to class-c points only; the 'class_*' arrays are indexed by type - 1.
-  A point of label 0 is a nucleus without a type (ignore, as IGNORE pixels are): a prediction
-  matched to it is neither TP nor FP (overall: any prediction; per class: one of that class),
-  and missing it is no FN.
-  """
-  types = np.asarray(pred_type_map).astype(np.int64)
-  if types.size and (types.min() < 0 or types.max() >= num_classes):
-    raise ValueError(f'type map values must lie in [0, {num_classes})')
-  labels = label_objects(types > 0, min_size)
-  n = int(labels.max(initial=0))
-  votes = np.bincount(labels.ravel() * num_classes + types.ravel(),
-                      minlength=(n + 1) * num_classes).reshape(n + 1, num_classes)[1:]
-  pred_cls = votes[:, 1:].argmax(1) + 1 if n else np.zeros(0, np.int64)
-  pred = _centroids(labels)
-  true = np.asarray(true_points, np.float64).reshape(-1, 2)
-  true_cls = np.asarray(true_labels).reshape(-1)
-  untyped = true_cls == 0
-  out = _counts_ignoring(pred, true, untyped, radius)
-  per = np.zeros((3, num_classes - 1), np.int64)
-  for c in range(1, num_classes):
-    candidates = (true_cls == c) | untyped
-    cnt = _counts_ignoring(pred[pred_cls == c], true[candidates], untyped[candidates], radius)
-    per[:, c - 1] = cnt['tp'], cnt['fp'], cnt['fn']
-  out.update(class_tp=per[0], class_fp=per[1], class_fn=per[2])
-  return DetectionMetrics.score(out)
-
-
-class DetectionMetrics:
-  """Sums detection counts over images (from detection_f1 or typed_detection), then scores."""
-
-  def __init__(self):
-    self.totals, self.n_images = {}, 0
-
-  def update(self, result):
-    self.n_images += 1
-    for k in ('tp', 'fp', 'fn', 'class_tp', 'class_fp', 'class_fn'):
-      if k in result:
-        self.totals[k] = self.totals.get(k, 0) + np.asarray(result[k], np.int64)
-
-  def compute(self):
-    out = self.score(dict(_counts(0, 0, 0), **self.totals))
-    out['n_images'] = self.n_images
-    return out
-
-  @staticmethod
-  def score(counts):
-    out = _with_scores({k: int(counts[k]) for k in ('tp', 'fp', 'fn')})
-    if 'class_tp' in counts:
-      tp, fp, fn = (np.asarray(counts[f'class_{k}']) for k in ('tp', 'fp', 'fn'))
-      p, r, f = _prf(tp, fp, fn)
-      out.update(class_tp=tp, class_fp=fp, class_fn=fn, class_precision=p, class_recall=r,
-                 class_f1=f)
-    return out

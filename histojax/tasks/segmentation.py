@@ -15,6 +15,7 @@ import optax
 from histojax import inference, sharding
 from histojax.data import augment, resample
 from histojax.metrics import objects
+from histojax.metrics import detection as detection_lib
 from histojax.metrics import segmentation as seg_metrics
 
 
@@ -70,6 +71,12 @@ class SegmentationTask:
     self.min_size_note = None
     self.detection = bool(info.get('points'))
     self.detection_radius = config.get('detection_radius', 6.0)
+    # Nucleus centres: 0 = blob centroids; d > 0 = distance-map maxima >= d px apart (splits
+    # touching nuclei; binary masks only). With candidates, chosen on val detection F1 first.
+    self.detection_split = int(config.get('detection_split', 0))
+    self.split_candidates = sorted({self.detection_split,
+                                    *map(int, config.get('detection_split_candidates') or ())})
+    self.split_note = None
     self.panels = config.get('report_panels', 4)
     self._predict_cache = {}
 
@@ -167,7 +174,9 @@ class SegmentationTask:
     glas = objects.GlaSMetrics() if self.object_metrics else None
     # Kept for select_on_val, so that only the final report scores every candidate size.
     object_pairs = [] if glas is not None and len(self.min_size_candidates) > 1 else None
-    detection = objects.DetectionMetrics() if self.detection else None
+    detection = detection_lib.DetectionMetrics() if self.detection else None
+    split_pairs = [] if detection is not None and self.binary and len(
+        self.split_candidates) > 1 else None
     panels = []
     for i in range(len(source)):
       example = source[i]
@@ -183,16 +192,19 @@ class SegmentationTask:
         points = np.asarray(example['points'])[:, ::-1]  # (x, y) → (row, col)
         labels = np.asarray(example['point_labels']) + 1
         if self.binary:
-          detection.update(objects.detection_f1(objects.blob_centroids(pred > 0), points,
-                                                self.detection_radius))
+          detection.update(detection_lib.detection_f1(
+              detection_lib.nucleus_centres(pred > 0, self.detection_split), points,
+              self.detection_radius))
+          if split_pairs is not None:
+            split_pairs.append((pred > 0, points))
         else:
           # Untyped nuclei (label 0) are ignored: a blob on one is neither TP nor FP.
-          detection.update(objects.typed_detection(pred, points, labels, self.num_classes,
-                                                   self.detection_radius))
+          detection.update(detection_lib.typed_detection(pred, points, labels, self.num_classes,
+                                                         self.detection_radius))
       if len(panels) < self.panels:
         panels.append((np.asarray(example['image']), true, pred))
     details = {'pixels': pixels, 'glas': glas, 'object_pairs': object_pairs,
-               'detection': detection, 'panels': panels}
+               'detection': detection, 'split_pairs': split_pairs, 'panels': panels}
     return self._scalars(details), details
 
   def _scalars(self, details):
@@ -213,27 +225,45 @@ class SegmentationTask:
     return {k: float(v) for k, v in out.items()}
 
   def select_on_val(self, val_result):
-    """Chooses object_min_size among the candidates by val object F1 (ties: the smaller), for
-    the test parts scored after it; returns the val result rescored with it."""
+    """Chooses the post-processing among its candidates on val, for the test parts scored
+    after it: GlaS object_min_size by val object F1, nucleus detection_split by val detection
+    F1 (ties: the smaller); returns the val result rescored with the choices."""
     _, details = val_result
-    if not details.get('object_pairs'):
-      return val_result
-    by_size = {}
-    for min_size in self.min_size_candidates:
-      by_size[min_size] = objects.GlaSMetrics()
-      for pred, gt in details['object_pairs']:
-        by_size[min_size].update(objects.label_objects(pred, min_size=min_size), gt)
-    f1 = {m: g.compute()['f1'] for m, g in by_size.items()}
-    self.object_min_size = max(f1, key=lambda m: (f1[m], -m))
-    details = dict(details, glas=by_size[self.object_min_size])
-    self.min_size_note = (
-        f'Object post-processing chosen on val: predicted components < {self.object_min_size} '
-        f'px dropped before the object metrics (val object F1 by candidate: '
-        f'{", ".join(f"{m}: {v:.3f}" for m, v in f1.items())}). Pixel metrics use the raw mask.')
+    if details.get('object_pairs'):
+      by_size = {}
+      for min_size in self.min_size_candidates:
+        by_size[min_size] = objects.GlaSMetrics()
+        for pred, gt in details['object_pairs']:
+          by_size[min_size].update(objects.label_objects(pred, min_size=min_size), gt)
+      f1 = {m: g.compute()['f1'] for m, g in by_size.items()}
+      self.object_min_size = max(f1, key=lambda m: (f1[m], -m))
+      details = dict(details, glas=by_size[self.object_min_size])
+      self.min_size_note = (
+          f'Object post-processing chosen on val: predicted components < '
+          f'{self.object_min_size} px dropped before the object metrics (val object F1 by '
+          f'candidate: {", ".join(f"{m}: {v:.3f}" for m, v in f1.items())}). Pixel metrics '
+          'use the raw mask.')
+    if details.get('split_pairs'):
+      by_split = {}
+      for d in self.split_candidates:
+        by_split[d] = detection_lib.DetectionMetrics()
+        for binary, points in details['split_pairs']:
+          by_split[d].update(detection_lib.detection_f1(
+              detection_lib.nucleus_centres(binary, d), points, self.detection_radius))
+      f1 = {d: m.compute()['f1'] for d, m in by_split.items()}
+      self.detection_split = max(f1, key=lambda d: (f1[d], -d))
+      details = dict(details, detection=by_split[self.detection_split])
+      self.split_note = (
+          f'Nucleus centres chosen on val: detection_split={self.detection_split} (val '
+          f'detection F1 by candidate: {", ".join(f"{d}: {v:.3f}" for d, v in f1.items())}; '
+          '0 = blob centroids, d = distance-map maxima at least d px apart).')
     return self._scalars(details), details
 
   def postprocess_settings(self):
-    return {'object_min_size': self.object_min_size} if self.object_metrics else {}
+    settings = {'object_min_size': self.object_min_size} if self.object_metrics else {}
+    if self.detection and self.binary:
+      settings['detection_split'] = self.detection_split
+    return settings
 
   def postprocess_labels(self, labels, settings):
     """--mode=predict: the post-processing chosen on val (GlaS: drop small components)."""
@@ -289,8 +319,13 @@ class SegmentationTask:
       if self.min_size_note:
         lines.append(f'- {self.min_size_note}')
     if self.detection:
-      lines += [f'- `detection_*`: predicted blob centroids matched one-to-one to annotated '
-                f'nucleus centres within {self.detection_radius} px.']
+      centres = ('predicted blob centroids' if not (self.binary and self.detection_split) else
+                 f'predicted nucleus centres (distance-map maxima >= {self.detection_split} px '
+                 'apart)')
+      lines += [f'- `detection_*`: {centres} matched one-to-one to annotated nucleus centres '
+                f'within {self.detection_radius} px.']
+      if self.split_note:
+        lines.append(f'- {self.split_note}')
     lines.append('')
     for part, (_, details) in results.items():
       if part == 'val' or not details['panels']:
