@@ -42,6 +42,9 @@ BENCHES = {
     # The :cpu recipes' own models at their own batch (torch twins: benchmarks/torch_twins.py).
     'mnist_cnn_cpu_b128': ('mnist_cnn', 'cpu', {}, TWINS),
     'warwick_unet_cpu_b8': ('warwick_unet', 'cpu', {}, TWINS),
+    'crchisto_unet_cpu_b8': ('crchisto_nuclei_unet', 'cpu', {}, TWINS),
+    'nuclei_resnet18_cpu_b64': ('nuclei_resnet18', 'cpu', {}, TWINS),
+    'patches_cnn_cpu_b64': ('patches_cnn', 'cpu', {}, TWINS),
 }
 
 
@@ -65,7 +68,8 @@ def _random_batch(config, rng):
     s = config.data.crop_size
     return {'image': rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
             'mask': rng.integers(0, 2, (b, s, s), dtype=np.int32)}
-  side, channels, classes = {'mnist': (28, 1, 10)}.get(config.dataset, (100, 3, 4))
+  side, channels, classes = {'mnist': (28, 1, 10), 'glas_tiles': (config.data.tile_size, 3, 2)
+                             }.get(config.dataset, (100, 3, 4))
   return {'image': rng.integers(0, 256, (b, side, side, channels), dtype=np.uint8),
           'label': rng.integers(0, classes, b).astype(np.int32)}
 
@@ -104,7 +108,8 @@ def time_histojax(bench, steps):
   import numpy as np  # pylint: disable=g-import-not-at-top
   config = _config(bench)
   host = _random_batch(config, np.random.default_rng(0))
-  num_classes = {'mnist': 10, 'glas': 2}.get(config.dataset, 4)
+  num_classes = {'mnist': 10, 'glas': 2, 'crchisto_points': 2, 'glas_tiles': 2}.get(
+      config.dataset, 4)
   seconds, first = time_train_step(config, host, num_classes, steps)
   return {'bench': bench, 'side': 'histojax', 'batch': config.batch_size,
           'dtype': config.dtype, 'img_per_s': round(config.batch_size * steps / seconds, 2),

@@ -9,6 +9,13 @@ and runs its `main()`, so the timing, modes and output lines are the peer's. Lay
   (histojax's step also draws its random shift/rotation augmentation; the twin's does not.)
 - warwick_unet_cpu_b8: configs/warwick_unet.py:cpu, the classic U-Net 16→256 on 192² crops,
   batch 8 (the working resolution is half, so a crop covers 384 px of the original).
+- crchisto_unet_cpu_b8: configs/crchisto_nuclei_unet.py:cpu, the same U-Net on 128² crops,
+  batch 8 (the shapes of the peer's unet16_128_b8).
+- nuclei_resnet18_cpu_b64: configs/nuclei_resnet18.py:cpu, the peer's ResNet18 with the
+  ImageNet stem on 100² crops, batch 64.
+- patches_cnn_cpu_b64: configs/patches_cnn.py:cpu, 3x3 conv (bias) + BN + ReLU
+  32-32-64-64-128-128, 2x2 max-pool after the 1st, 2nd, 4th and 6th, global average pool,
+  Dense 256 + ReLU, dropout 0.5, Dense 2; 96² tiles, batch 64.
 """
 import os
 import sys
@@ -21,10 +28,10 @@ import peer_torch_cpu as peer  # pylint: disable=g-import-not-at-top,wrong-impor
 
 
 class CNN(nn.Module):
-  """histojax.models.cnn.CNN with pooling='flatten'."""
+  """histojax.models.cnn.CNN; pooling 'flatten' or 'gap' (global average)."""
 
   def __init__(self, features=(32, 32, 64, 64), pool_after=(1, 3), dense=128, side=28,
-               in_channels=1, num_classes=10, dropout=0.25):
+               in_channels=1, num_classes=10, dropout=0.25, pooling='flatten'):
     super().__init__()
     layers, c = [], in_channels
     for i, width in enumerate(features):
@@ -34,7 +41,9 @@ class CNN(nn.Module):
         side //= 2
       c = width
     self.features = nn.Sequential(*layers)
-    self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, dense), nn.ReLU(),
+    pool = [nn.AdaptiveAvgPool2d(1)] if pooling == 'gap' else []
+    flat = c if pooling == 'gap' else c * side * side
+    self.fc = nn.Sequential(*pool, nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(),
                             nn.Dropout(dropout), nn.Linear(dense, num_classes))
 
   def forward(self, x):
@@ -45,6 +54,12 @@ TWINS = {
     'mnist_cnn_cpu_b128': (CNN, (128, 1, 28, 28), 'class10'),
     'warwick_unet_cpu_b8': (lambda: peer.UNet(widths=(16, 32, 64, 128, 256)), (8, 3, 192, 192),
                             'mask'),
+    'crchisto_unet_cpu_b8': (lambda: peer.UNet(widths=(16, 32, 64, 128, 256)),
+                             (8, 3, 128, 128), 'mask'),
+    'nuclei_resnet18_cpu_b64': (lambda: peer.ResNet18(4, 'imagenet'), (64, 3, 100, 100),
+                                'class4'),
+    'patches_cnn_cpu_b64': (lambda: CNN((32, 32, 64, 64, 128, 128), (0, 1, 3, 5), 256, 96, 3,
+                                        2, 0.5, 'gap'), (64, 3, 96, 96), 'class2'),
 }
 
 if __name__ == '__main__':

@@ -55,5 +55,5 @@ def get_config(arg=None):
     c.explain_samples = 0
     c.data.workers = 1
   if arg.smoke:
-    c.total_steps, c.total_epochs = 20, None
+    common.smoke(c)
   return c

@@ -44,7 +44,7 @@ def write_brecahad_fixture(root, n_images=4):
 
 @pytest.mark.parametrize('name', [c for c in CONFIGS if c != 'mnist_cnn'] +  # MNIST: test_train
                          ['brecahad_unet:types', 'mnist_cnn:cpu', 'warwick_unet:cpu',
-                          'crchisto_nuclei_unet:cpu'])
+                          'crchisto_nuclei_unet:cpu', 'nuclei_resnet18:cpu', 'patches_cnn:cpu'])
 def test_smoke_run(name, tmp_path):
   from histojax import train
   name, _, arg = name.partition(':')
