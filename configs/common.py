@@ -75,6 +75,7 @@ def base_config():
   c.data.max_train_examples = placeholder(int)  # subset for smoke runs
   c.data.max_eval_examples = placeholder(int)
   c.data.max_source_images = placeholder(int)
+  c.data.center_crop = 0           # classification: the model sees the centre NxN (0: all)
   c.data.scale = 1.0               # working resolution (0.5: half): segmentation scores at 1.0;
                                    # tile datasets tile the image downsampled by it
   c.data.root = placeholder(str)   # bring-your-own data folder

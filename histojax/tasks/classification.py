@@ -96,14 +96,26 @@ class ClassificationTask:
     self.explain_indices = tuple(config.get('explain_indices') or ())
     self.seed = config.get('seed', 0)
     self.label_smoothing = float(config.get('label_smoothing', 0.0))
+    self.center_crop = int(config.data.get('center_crop') or 0)
     host = config.data.get('augment')
     # Host-side joint augmentation (H&E patches), drawn from (seed, epoch, index).
     self.train_transform = (functools.partial(_augment_example, params=dict(host),
                                               seed=config.seed) if host else None)
 
+  def crop(self, images):
+    """The centre `data.center_crop`² of [..., H, W, C] images (all of them when 0)."""
+    if not self.center_crop:
+      return images
+    h, w, size = images.shape[-3], images.shape[-2], self.center_crop
+    if size > min(h, w):
+      raise ValueError(f'data.center_crop={size} is larger than the {h}x{w} inputs '
+                       '(config key: data.center_crop).')
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top:top + size, left:left + size, :]
+
   def inputs(self, batch, rng, train):
-    """uint8 images → normalised float32, augmented on device in training."""
-    x = batch['image'].astype(jnp.float32) / 255.0
+    """uint8 images → centre crop → normalised float32, augmented on device in training."""
+    x = self.crop(batch['image']).astype(jnp.float32) / 255.0
     if train and self.device_augment:
       x = device_augment.random_affine(rng, x, **self.device_augment)
     return (x - self.mean) / self.std
@@ -191,6 +203,7 @@ class ClassificationTask:
       example = source[int(i)]
       image = np.asarray(example['image'])
       x = np.asarray(self.inputs({'image': jnp.asarray(image[None])}, None, False))[0]
+      image = self.crop(image)  # what the model sees
       pred = int(np.argmax(apply_fn(x[None])[0]))
       true = int(example['label'])
       title = f'#{i}: predicted {self.class_names[pred]} / true {self.class_names[true]}'
