@@ -45,15 +45,17 @@ def get_config(arg=None):
     if arg.gray:  # ImageNet statistics of the luma of R=G=B inputs
       c.data.mean, c.data.std = (0.449,), (0.226,)
   c.cpu_recipe = '' if arg.cpu else 'configs/nuclei_resnet18.py:cpu'
-  if arg.cpu:  # 2 CPU cores, <= 1.5 core-hours: the centre 64² (nucleus and neighbours) of each
-    # crop through the ImageNet stem (16² after it), fp32, 12 epochs
-    c.data.center_crop = 64       # 0.41x the multiply-adds of 100²: 2.4x the epochs
+  if arg.cpu:  # 2 CPU cores, <= 1.5 core-hours: the centre 72² (nucleus and neighbours) of each
+    # crop through the ImageNet stem (18² after it), fp32, 10 epochs
+    # A step at 72² takes half the time of one at 100² (0.71 vs 1.38 s quiet); at 64² it takes
+    # 3.7 s (an XLA:CPU slow path; benchmarks/NOTES.md), so not 64.
+    c.data.center_crop = 72
     c.model.stem = 'imagenet'
     c.dtype = 'float32'           # bf16 is no faster on this CPU
     c.batch_size = 64
-    c.total_steps, c.total_epochs = 3000, None
-    c.eval_every_steps, c.eval_every_epochs = 500, None
-    c.ckpt_every_steps, c.ckpt_every_epochs = 500, None
+    c.total_steps, c.total_epochs = 2400, None
+    c.eval_every_steps, c.eval_every_epochs = 600, None
+    c.ckpt_every_steps, c.ckpt_every_epochs = 600, None
     c.label_smoothing = 0.1
     c.explain_samples = 0
     c.data.workers = 1
