@@ -103,14 +103,16 @@ def time_train_step(config, host, num_classes, steps, warm=3, schedule=(1000, 10
   return time.perf_counter() - t0, first
 
 
+def num_classes(config):
+  return {'mnist': 10, 'glas': 2, 'crchisto_points': 2, 'glas_tiles': 2}.get(config.dataset, 4)
+
+
 def time_histojax(bench, steps):
   """img/s of the loop's train step on `bench`'s config."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   config = _config(bench)
   host = _random_batch(config, np.random.default_rng(0))
-  num_classes = {'mnist': 10, 'glas': 2, 'crchisto_points': 2, 'glas_tiles': 2}.get(
-      config.dataset, 4)
-  seconds, first = time_train_step(config, host, num_classes, steps)
+  seconds, first = time_train_step(config, host, num_classes(config), steps)
   return {'bench': bench, 'side': 'histojax', 'batch': config.batch_size,
           'dtype': config.dtype, 'img_per_s': round(config.batch_size * steps / seconds, 2),
           'ms_per_step': round(1000 * seconds / steps, 1), 'first_step_s': round(first, 2),
