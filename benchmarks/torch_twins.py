@@ -12,7 +12,8 @@ and runs its `main()`, so the timing, modes and output lines are the peer's. Lay
 - crchisto_unet_cpu_b8: configs/crchisto_nuclei_unet.py:cpu, the same U-Net on 128² crops,
   batch 8 (the shapes of the peer's unet16_128_b8).
 - nuclei_resnet18_cpu_b64: configs/nuclei_resnet18.py:cpu, the peer's ResNet18 with the
-  ImageNet stem on 100² crops, batch 64.
+  ImageNet stem on the centre 72² of the crops, batch 64 (histojax's step receives the 100²
+  crops and slices the centre itself).
 - patches_cnn_cpu_b64: configs/patches_cnn.py:cpu, 3x3 conv (bias) + BN + ReLU
   32-32-64-64-128-128, 2x2 max-pool after the 1st, 2nd, 4th and 6th, global average pool,
   Dense 256 + ReLU, dropout 0.5, Dense 2; 96² tiles, batch 64.
@@ -56,7 +57,7 @@ TWINS = {
                             'mask'),
     'crchisto_unet_cpu_b8': (lambda: peer.UNet(widths=(16, 32, 64, 128, 256)),
                              (8, 3, 128, 128), 'mask'),
-    'nuclei_resnet18_cpu_b64': (lambda: peer.ResNet18(4, 'imagenet'), (64, 3, 100, 100),
+    'nuclei_resnet18_cpu_b64': (lambda: peer.ResNet18(4, 'imagenet'), (64, 3, 72, 72),
                                 'class4'),
     'patches_cnn_cpu_b64': (lambda: CNN((32, 32, 64, 64, 128, 128), (0, 1, 3, 5), 256, 96, 3,
                                         2, 0.5, 'gap'), (64, 3, 96, 96), 'class2'),
