@@ -14,9 +14,11 @@ Split by source image 70/10/20; bf16; flips/rot90, small rotations, HED jitter; 
 cosine; best checkpoint by val/weighted_f1. A plain ResNet18 reaches weighted F1 0.800
 (macro 0.760) on a 70/30 image split in ~1 min on one H100; bar: weighted F1 >= 0.84 with
 macro and per-class F1 beside it (published, other protocols: SC-CNN 0.784, RCCNet 0.789).
-Expected: bar weighted F1 >= 0.84 (a plain ResNet18: 0.800). Measured here: ImageNet stem from
-scratch, 400 CPU steps, test weighted F1 0.762 (BENCHMARKS.md); the full config needs a GPU.
-Time: ~1-2 min on one H100 (30 epochs of 15.8k patches); many hours on 2 CPU cores.
+CPU:      python launch.py --config=configs/nuclei_resnet18.py:cpu --workdir=...
+Expected: bar weighted F1 >= 0.84 (a plain ResNet18: 0.800); the full config is not yet run (no
+GPU). `:cpu` measured (2 cores, 2026-12-03): test weighted F1 0.797 (macro 0.727), bar not
+reached (BENCHMARKS.md).
+Time: ~1-2 min on one H100 (30 epochs of 15.8k patches); `:cpu` 1.1 core-hours (35 min wall).
 """
 from configs import common, nuclei_cnn
 
