@@ -4,7 +4,7 @@ r"""CPU train-step throughput, histojax against the PyTorch peer, alternating, i
                                    [--torch_python=/root/torchvenv/bin/python]
                                    [--torch_modes=eager,channels_last,compile]
 
-The torch side is `../shared/peer/peer_torch_cpu.py` as it is (the seed CNN, the classic U-Net,
+The torch side is `../shared/peer/peer_torch_cpu.py` as it is (the original project's CNN, the classic U-Net,
 ResNet18) and `benchmarks/torch_twins.py` for the `:cpu` recipes' own models. It needs a CPU
 build of torch in a Python 3.11 venv (`python3.11 -m venv V && V/bin/pip install
 torch==2.13.0+cpu`; benchmark-only, never in requirements.txt).

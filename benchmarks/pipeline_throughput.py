@@ -18,7 +18,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-
 from ml_collections import config_flags
 
 from histojax import tasks
-from histojax.data import pipeline
+from histojax.data import datasets, pipeline
 
 config_flags.DEFINE_config_file('config', None, 'Task config.', lock_config=False)
 flags.DEFINE_string('workers', '0,1,2', 'Worker process counts to try.')
@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 def main(_):
   config = FLAGS.config
-  splits = pipeline.get_splits(config)
+  splits = datasets.get_splits(config)
   task = tasks.get_task(config, splits.info)
   for workers in map(int, FLAGS.workers.split(',')):
     stream = pipeline.train_stream(splits.train, global_batch=FLAGS.batch_size, seed=0,

@@ -34,9 +34,12 @@ def set_folds(c, arg):
 
 
 def base_config():
-  """Defaults shared by all tasks; task configs override what they need."""
+  """Every config key the code reads, with its one default; task configs override what they
+  need (tests/test_configs.py fails when library code reads a key that is not here)."""
   c = ml_collections.ConfigDict()
-  c.task = ''                      # histojax.tasks.<task>
+  c.task = ''                      # histojax.tasks.<task>: classification | segmentation
+  c.dataset = ''                   # histojax/data/datasets.py builder, e.g. glas, mnist
+  c.num_classes = placeholder(int)  # dataset folder_seg: classes, background included
   c.seed = 0
   c.dtype = 'float32'              # compute dtype: float32 | bfloat16 (params stay float32)
   c.batch_size = 64                # global batch, over all devices and hosts
@@ -64,14 +67,58 @@ def base_config():
   c.best_metric = 'val/accuracy'
   c.best_mode = 'max'              # max | min
   c.early_stopping_patience = 0    # in evaluations; 0 turns it off
-  c.optimizer = ml_collections.ConfigDict(dict(name='adam', lr=1e-3, weight_decay=0.0))
+  c.optimizer = ml_collections.ConfigDict(dict(name='adam', lr=1e-3, weight_decay=0.0,
+                                               momentum=0.9))  # momentum: sgd only
   c.schedule = ml_collections.ConfigDict(dict(
       name='constant',             # constant | step | cosine
       decay_every_epochs=placeholder(float), decay_every_steps=placeholder(int),
       decay_factor=0.1,
       warmup_steps=0))
+  # Segmentation: loss and metrics. loss '': 'bce+dice' for binary masks, 'ce+dice' else.
+  c.loss = ''                      # bce | ce | dice or a sum such as 'bce+dice'
+  c.dice_over = 'image'            # soft Dice per image | per global 'batch' (rare classes)
+  c.class_weights = placeholder(tuple)  # CE/BCE weight per class, background first
+  c.ignore_empty = True            # a class absent from an image's truth: skipped (MONAI)
+  c.report_panels = 4              # test images shown as image | truth | prediction | overlay
+  # Post-processing, chosen on val among the candidates (histojax/tasks/segmentation.py).
+  c.object_min_size = 0            # GlaS objects: predicted components below it (px) dropped
+  c.object_min_size_candidates = placeholder(tuple)
+  c.detection_radius = 6.0         # nucleus detection: a match within this distance (px)
+  c.detection_split = 0            # nucleus centres: 0 centroids, d distance-map maxima d px apart
+  c.detection_split_candidates = placeholder(tuple)
+  # Whole-image sliding-window inference (segmentation evaluation and predict).
+  c.inference = ml_collections.ConfigDict(dict(
+      window=(256, 256), overlap=0.5, blend='gaussian', window_batch=8,
+      tta='none'))                 # tta: none | flips | dihedral
+  # Classification: attribution figures in the report for these test examples, or else for
+  # explain_samples random (seeded) ones.
+  c.explain_samples = 0
+  c.explain_indices = placeholder(tuple)
+
   c.data = ml_collections.ConfigDict()
   c.data.workers = 0               # grain worker processes for the training stream
+  c.data.mean = (0.5, 0.5, 0.5)    # inputs: (x / 255 - mean) / std per channel
+  c.data.std = (0.25, 0.25, 0.25)
+  c.data.augment = None            # host-side augmentation (histojax/data/augment.py), a dict
+  c.data.device_augment = None     # in the jitted step: dict(max_shift=..., max_rotate_deg=...)
+  c.data.crop_size = 256           # segmentation: training crops (px, at data.scale)
+  c.data.repeats_per_epoch = 1     # an "epoch" visits each training example this many times
+  c.data.cache_train = True        # derived training data kept under HISTOJAX_CACHE
+  c.data.val_size = 5000           # mnist: validation images held out of the training set
+  c.data.val_fraction = 0.2        # glas: validation share of the training patients
+  # Datasets split by group (image, patient): fractions of groups per part.
+  c.data.fractions = ml_collections.ConfigDict(dict(train=0.7, val=0.1, test=0.2))
+  c.data.radius = 5.0              # nuclei from points: disc radius (px)
+  c.data.types = False             # nuclei: one class per nucleus type (else nucleus vs not)
+  c.data.merge = None              # nucleus types merged, e.g. dict(others='fibroblast')
+  c.data.ignore_untyped = False    # types: nuclei without a type drawn as ignore
+  c.data.patch_size = 100          # nucleus-centred crops (px)
+  c.data.channels = 3              # CSV patch layout: 1 for grayscale
+  c.data.csv = placeholder(str)    # CSV patch layout: the labels file and the image folder
+  c.data.images = placeholder(str)
+  c.data.tile_size = 100           # whole images tiled into tile_size² patches
+  c.data.tile_stride = placeholder(int)  # None: tile_size (no overlap)
+  c.data.min_tissue = 0.5          # tiles with less tissue than this fraction are dropped
   c.data.max_train_examples = placeholder(int)  # subset for smoke runs
   c.data.max_eval_examples = placeholder(int)
   c.data.max_source_images = placeholder(int)
@@ -90,7 +137,7 @@ def base_config():
   # `fold` of `folds` group-disjoint folds (0 = off); `python -m histojax.folds` summarises.
   c.data.folds = 0
   c.data.fold = 0
-  c.model = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(name=''))  # histojax/models: name and its kwargs
   # The config argument sized for 2 CPU cores, e.g. 'configs/mnist_cnn.py:cpu': named (with a
   # time estimate) when a GPU-sized recipe starts on a CPU backend; '' in the :cpu recipes.
   c.cpu_recipe = ''
@@ -123,6 +170,6 @@ def smoke_segmentation(c):
   c.data.crop_size = 64
   c.model.features = (4, 8, 16)
   c.dtype = 'float32'
-  c.inference = dict(window=(128, 128), overlap=0.25, blend='gaussian', window_batch=8,
+  c.inference.update(window=(128, 128), overlap=0.25, blend='gaussian', window_batch=8,
                      tta='none')
   return c

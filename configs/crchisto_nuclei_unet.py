@@ -1,4 +1,4 @@
-r"""Nucleus segmentation from point annotations (discs) on CRCHistoPhenotypes: the seed's
+r"""Nucleus segmentation from point annotations (discs) on CRCHistoPhenotypes: the original project's
 BreCaHAD workflow (U-Net, BCE-with-logits, Adam, batch 8, checkpoint every epoch, best model).
 
 Command:  python launch.py --config=configs/crchisto_nuclei_unet.py --workdir=workdirs/nuclei
@@ -13,7 +13,7 @@ Masks: a disc of radius 5 px around every annotated nucleus centre (29,830 uniqu
 100 images of 500x500); split by image 70/10/20. Reports pooled pixel Dice and detection
 precision/recall/F1 (predicted centres matched to annotated centres within 6 px; centres are
 blob centroids, or distance-map maxima that split touching nuclei, chosen on val).
-Expected: seed Dice 0.5645 (BreCaHAD). Measured here with a narrow U-Net, 400 CPU steps: test
+Expected: original project's Dice 0.5645 (BreCaHAD). Measured here with a narrow U-Net, 400 CPU steps: test
 pixel Dice 0.551, detection F1 0.638 (BENCHMARKS.md); the full config has not been run yet.
 Time: 40 epochs x 70 steps; minutes on one GPU, hours on 2 CPU cores.
 """
@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.report_panels = 4    # test images shown as image | truth | prediction | overlay
   c.batch_size = 8
   c.total_epochs, c.total_steps = 40, None
-  c.optimizer = dict(name='adam', lr=1e-3, weight_decay=0.0)
+  c.optimizer.update(name='adam', lr=1e-3, weight_decay=0.0)
   c.schedule.name = 'cosine'
   c.eval_every_epochs = c.ckpt_every_epochs = 1.0
   c.best_metric, c.best_mode = 'val/dice', 'max'
@@ -57,7 +57,7 @@ def get_config(arg=None):
   # touching nuclei; the final report chooses among the candidates on val detection F1.
   c.detection_split = 0
   c.detection_split_candidates = () if arg.types else (0, 2, 3, 4, 5)
-  c.inference = dict(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8,
+  c.inference.update(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8,
                      tta='none')
   c.cpu_recipe = '' if arg.cpu else 'configs/crchisto_nuclei_unet.py:cpu'
   if arg.cpu:  # 2 CPU cores, <= 1.5 core-hours: U-Net 16→256 on 128 px crops, chosen on val F1
@@ -71,7 +71,7 @@ def get_config(arg=None):
     c.eval_every_steps = c.ckpt_every_steps = 500
     if not arg.types:
       c.best_metric = 'val/detection_f1'   # the bar is detection F1: select on it (val only)
-    c.inference = dict(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8,
+    c.inference.update(window=(256, 256), overlap=0.25, blend='gaussian', window_batch=8,
                        tta='flips')
   if arg.smoke:
     common.smoke_segmentation(c)

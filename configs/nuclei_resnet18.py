@@ -1,11 +1,11 @@
 r"""Nucleus classification from 100x100 nucleus-centred crops of CRCHistoPhenotypes with
 ResNet18 (stem for small inputs), optionally fine-tuned from another run or from torchvision
-weights (seed: ResNet18 0.977 accuracy on its Kaggle data; different data and protocol).
+weights (original project: ResNet18 0.977 accuracy on its Kaggle data; different data and protocol).
 
 Command:  python launch.py --config=configs/nuclei_resnet18.py --workdir=workdirs/nuclei_r18
 Transfer: python launch.py --config=configs/nuclei_resnet18.py:imagenet \
             --config.init_from=resnet18.npz --workdir=...   (torchvision weights, see README)
-Seed's Kaggle layout: add csv=train.csv,images=train[,gray][,classes=A+B+C] (see
+The original project's Kaggle layout: add csv=train.csv,images=train[,gray][,classes=A+B+C] (see
           nuclei_cnn.py); with gray and imagenet, the first conv of the torchvision weights is
           summed over RGB.
 Smoke:    python launch.py --config=configs/nuclei_resnet18.py:smoke --workdir=/tmp/nr
@@ -35,12 +35,12 @@ def get_config(arg=None):
   c.model = dict(name='resnet18', stem='imagenet' if arg.imagenet else 'small')
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'
   c.l2_kernel, c.l2_bias = 0.0, 0.0
-  c.optimizer = dict(name='adamw', lr=1e-3, weight_decay=0.05)
+  c.optimizer.update(name='adamw', lr=1e-3, weight_decay=0.05)
   c.schedule.warmup_steps = 200
   c.total_epochs = 30
   c.init_from = None
   # With init_from: train the new head alone first, then everything.
-  c.freeze = dict(head=('fc',), steps=0)
+  c.freeze.update(head=('fc',), steps=0)
   if arg.imagenet:
     c.freeze.steps = 300
     c.data.mean, c.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -279,3 +279,24 @@ def merge_matching(target, source, prefix=''):
     return t
 
   return walk(target, source, prefix), loaded, skipped
+
+
+def warm_start(params, batch_stats, path, head=()):
+  """Transfer learning (config key init_from): the parameters and BatchNorm statistics of
+  `path` (a workdir, a checkpoint, a torchvision ResNet18 .npz) copied into freshly initialised
+  trees wherever path and shape match. Returns (params, batch_stats); logs what stayed random
+  and warns when that is more than the new head (module names in `head`)."""
+  stem = params.get('conv1', {}).get('kernel')  # ResNet: adapt .npz RGB weights to its inputs
+  source = load_variables(path, in_channels=None if stem is None else stem.shape[2])
+  params, loaded, skipped = merge_matching(params, source['params'])
+  batch_stats, _, _ = merge_matching(batch_stats, source.get('batch_stats', {}))
+  logging.info('init_from %s: loaded %d parameter arrays, kept %d freshly initialised: %s',
+               path, len(loaded), len(skipped), ', '.join(skipped) or '-')
+  heads = tuple(f'/{h}/' for h in head)
+  body = [p for p in skipped if not p.startswith(heads)]
+  if body:  # e.g. torchvision's 7x7 conv1 into the small 3x3 stem: silently random otherwise
+    logging.warning('init_from %s: %d parameter arrays outside the head (%s) found no match of '
+                    'the same path and shape and stay random: %s. (A torchvision .npz needs '
+                    'the ImageNet stem: configs/nuclei_resnet18.py:imagenet.)',
+                    path, len(body), ', '.join(heads) or '-', ', '.join(body))
+  return params, batch_stats

@@ -14,21 +14,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from histojax import inference
+
 
 def _score(apply_fn, x, target, score):
   logits = apply_fn(x)
   if score == 'prob':
     logits = jax.nn.softmax(logits, -1)
   return logits[:, target]
-
-
-def _window_starts(size, window, stride):
-  """Start offsets along one axis; the last window is moved flush with the edge so that
-  every pixel is covered (Captum leaves a strip uncovered when stride does not divide)."""
-  starts = list(range(0, size - window + 1, stride))
-  if starts[-1] != size - window:
-    starts.append(size - window)
-  return starts
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn', 'window', 'score'))
@@ -62,8 +55,8 @@ def occlusion(apply_fn, image, target, window=16, stride=8, baseline=0.0, batch=
   image = jnp.asarray(image, jnp.float32)
   h, w = image.shape[:2]
   window = min(window, h, w)
-  corners = np.array([(r, c) for r in _window_starts(h, window, stride)
-                      for c in _window_starts(w, window, stride)], np.int32)
+  corners = np.array([(r, c) for r in inference.axis_starts(h, window, stride)
+                      for c in inference.axis_starts(w, window, stride)], np.int32)
   n = len(corners)
   batch = min(batch, n)
   # Pad to whole batches so every call has the same shape and compiles once.

@@ -12,12 +12,12 @@ split, and prints a markdown table: one row per fold, then the mean and the samp
 deviation over folds (each fold weighs the same; every group is tested in exactly one fold).
 """
 import argparse
-import json
 import math
 import os
 import sys
 
-from histojax import writers
+from histojax import errors, writers
+from histojax import workdir as workdir_lib
 
 DEFAULT_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1',
                    'majority_baseline', 'image_accuracy', 'image_balanced_accuracy',
@@ -44,8 +44,7 @@ SAME_SPLIT_KEYS = ('dataset', 'seed', 'data.fractions', 'data.root', 'data.csv',
 def fold_of(workdir: str) -> tuple[int, dict]:
   """(fold, {key: value} of what must agree between folds of one split) from W/config.json."""
   path = os.path.join(workdir, 'config.json')
-  with open(path) as f:
-    config = json.load(f)
+  config = workdir_lib.read_json(path, 'config')  # a torn file: one clear error
   data = config.get('data', {})
   folds = int(data.get('folds') or 0)
   if folds < 2:
@@ -108,7 +107,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     table = summarise(args.workdirs, [m for m in args.metrics.split(',') if m] or None)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, errors.WorkdirError) as e:
     sys.exit(f'histojax.folds: {e}')
   print(table, end='')
   if args.out:

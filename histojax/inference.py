@@ -1,5 +1,4 @@
 """Whole-image prediction by sliding windows, in the style of MONAI's sliding_window_inference."""
-import math
 from typing import Callable, Sequence, Union
 
 import numpy as np
@@ -7,13 +6,22 @@ import numpy as np
 BLENDS = ('gaussian', 'constant')
 
 
-def window_starts(size: int, window: int, overlap: float) -> list:
-  """Window origins along one axis: a stride of window*(1-overlap), the last flush with the end."""
+def axis_starts(size: int, window: int, stride: int, cover_end: bool = True) -> list:
+  """Window origins 0, stride, 2*stride, ... that fit in `size`; with cover_end one more flush
+  with the end, so that every pixel is covered (Captum's occlusion leaves a strip uncovered
+  when the stride does not divide). One window at 0 when it is not smaller than `size`."""
   if size <= window:
     return [0]
-  stride = max(int(window * (1 - overlap)), 1)
-  n = math.ceil((size - window) / stride) + 1
-  return sorted({min(i * stride, size - window) for i in range(n)})
+  starts = list(range(0, size - window + 1, stride))
+  if cover_end and starts[-1] != size - window:
+    starts.append(size - window)
+  return starts
+
+
+def window_starts(size: int, window: int, overlap: float) -> list:
+  """Sliding-window origins along one axis: a stride of window*(1-overlap), the last flush
+  with the end."""
+  return axis_starts(size, window, max(int(window * (1 - overlap)), 1))
 
 
 def importance_map(window: Sequence[int], blend: str = 'gaussian',

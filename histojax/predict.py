@@ -7,7 +7,7 @@ DIR/<stem>_overlay.png for every image, any size (sliding window, the run's test
 augmentation, and the post-processing its final report chose on val: W/postprocess.json).
 Two inputs with one stem (a.png, a.tif) write a_png_*.png and a_tif_*.png.
 Classification: DIR/predictions.csv with `filename,label` and one probability column per class
-(the seed's Kaggle submission format); `filename` as the CSV lists it, else the file name.
+(the original project's Kaggle submission format); `filename` as the CSV lists it, else the file name.
 A CSV input lists images in its first column (header `filename` or none), relative to the
 CSV's folder. Images must have the training patch size (no silent resizing: it would change
 the magnification); channels are converted (RGB <-> grayscale).
@@ -23,7 +23,6 @@ import pathlib
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import tqdm
@@ -102,68 +101,32 @@ def run(workdir, input_path, output_dir, config=None):
   output_dir.mkdir(parents=True, exist_ok=True)
 
   task = tasks.get_task(config, info)
-  model = models.get_model(config, getattr(task, 'out_channels', info['num_classes']))
+  model = models.get_model(config, task.out_channels)
   mesh = sharding.make_mesh(config)
   saved = checkpoint.load_variables(workdir)  # logs which checkpoint step it loaded
   variables = jax.device_put(Variables(saved['params'], saved['batch_stats']),
                              sharding.replicated(mesh))
-  shape = info['input_shape']  # one training example's image shape (H, W, C)
+  settings_file = workdir / 'postprocess.json'
+  postprocess = (workdir_lib.read_json(settings_file, 'post-processing choice')
+                 if settings_file.exists() else {})
+  if postprocess:
+    logging.info('Post-processing chosen on val (%s): %s', settings_file, postprocess)
+  channels, size = task.predict_reads(info)
   skipped = []
-  progress = tqdm.tqdm(total=len(files), desc='predict', unit='image')
-  if config.task == 'segmentation':
-    settings_file = workdir / 'postprocess.json'
-    settings = (workdir_lib.read_json(settings_file, 'post-processing choice')
-                if settings_file.exists() else {})
-    if settings:
-      logging.info('Post-processing chosen on val (%s): %s', settings_file, settings)
-    for (path, _), stem in zip(files, _output_stems(files)):
-      progress.update()
+
+  def readable():
+    """(name, output stem, image) of every input that reads; the others are skipped."""
+    for (path, name), stem in zip(files, tqdm.tqdm(_output_stems(files), desc='predict',
+                                                   unit='image')):
       try:
-        image = _read(path, 3)
+        image = _read(path, channels, size)
       except (OSError, ValueError) as e:
         skipped.append(f'{path}: {e}')
         logging.warning('Skipping unreadable input %s: %s', path, e)
         continue
-      _, labels = task.predict_image(model, variables, mesh, image)
-      labels = task.postprocess_labels(labels, settings)
-      scale = 255 if task.binary else 1
-      Image.fromarray((labels * scale).astype(np.uint8)).save(output_dir / f'{stem}_mask.png')
-      overlay = image.copy()
-      overlay[labels > 0] = (0.5 * overlay[labels > 0] + [127, 0, 0]).astype(np.uint8)
-      Image.fromarray(overlay).save(output_dir / f'{stem}_overlay.png')
-  else:
-    @jax.jit
-    def probabilities(variables, images):
-      x = task.inputs({'image': images}, None, train=False)
-      logits = model.apply({'params': variables.params, 'batch_stats': variables.batch_stats},
-                           x, train=False)
-      return jax.nn.softmax(logits)
+      yield name, stem, image
 
-    names = info.get('class_names') or [str(k) for k in range(info['num_classes'])]
-    batch = int(config.get('eval_batch_size') or 256)  # fixed, padded: compiled once
-    out_csv = output_dir / 'predictions.csv'
-    with open(out_csv, 'w', newline='', encoding='utf-8') as f:
-      writer = csv.writer(f)
-      writer.writerow(['filename', 'label', *[f'p_{n}' for n in names]])
-      for start in range(0, len(files), batch):
-        chunk, images = [], []
-        for path, name in files[start:start + batch]:
-          progress.update()
-          try:
-            images.append(_read(path, shape[-1], shape[:2]))
-            chunk.append(name)
-          except (OSError, ValueError) as e:
-            skipped.append(f'{path}: {e}')
-            logging.warning('Skipping unreadable input %s: %s', path, e)
-        if not chunk:
-          continue
-        padded = np.zeros((batch, *images[0].shape), np.uint8)
-        padded[:len(images)] = images
-        p = np.asarray(probabilities(variables, jnp.asarray(padded)))[:len(chunk)]
-        for name, row in zip(chunk, p):
-          writer.writerow([name, names[int(np.argmax(row))], *[f'{v:.6f}' for v in row]])
-        f.flush()  # a crash later keeps every row written so far
-  progress.close()
+  task.predict(model, variables, mesh, readable(), output_dir, postprocess)
   logging.info('Predicted %d of %d inputs into %s; skipped %d.', len(files) - len(skipped),
                len(files), output_dir, len(skipped))
   return skipped

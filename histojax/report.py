@@ -1,83 +1,22 @@
-"""W/report.md and PNG plots (training curves, confusion matrix)."""
+"""W/report.md: the run's header, the metrics table of every part, the dataset notes and
+curves, then the task's own sections (histojax/tasks/base.py: report_sections)."""
 import datetime
 import pathlib
 
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import numpy as np
-
-from histojax import writers
-
-
-def _save(fig, workdir, name, dpi=100):
-  fig.tight_layout()
-  path = pathlib.Path(workdir) / 'plots' / name
-  path.parent.mkdir(exist_ok=True)
-  fig.savefig(path, dpi=dpi)
-  plt.close(fig)
-  return path
-
-
-def plot_curves(workdir, names):
-  """One panel per metric name: train and val curves from metrics.jsonl."""
-  rows = writers.read_jsonl(pathlib.Path(workdir) / 'metrics.jsonl')
-  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-  for ax, name in zip(axes[0], names):
-    for split in ('train', 'val'):
-      pts = writers.by_step(rows, f'{split}/{name}')  # a resume may repeat steps
-      if pts:
-        ax.plot(*zip(*pts), label=split, marker='.' if split == 'val' else None)
-    ax.set_xlabel('step')
-    ax.set_title(name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  return _save(fig, workdir, 'curves.png')
-
-
-def plot_confusion(workdir, matrix, class_names, name='confusion_test.png'):
-  matrix = np.asarray(matrix)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.5 * len(matrix), 0.8 + 0.5 * len(matrix)))
-  ax.imshow(matrix, cmap='Blues')
-  for (i, j), v in np.ndenumerate(matrix):
-    ax.text(j, i, str(v), ha='center', va='center', fontsize=7,
-            color='white' if v > matrix.max() / 2 else 'black')
-  ax.set_xticks(range(len(matrix)), class_names, rotation=90)
-  ax.set_yticks(range(len(matrix)), class_names)
-  ax.set_xlabel('predicted')
-  ax.set_ylabel('true')
-  return _save(fig, workdir, name)
-
-
-def plot_segmentation_panels(workdir, panels, name):
-  """Rows of image | ground truth | prediction | overlay (green: GT outline, red: prediction)."""
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(len(panels), 4, figsize=(13, 3.2 * len(panels)), squeeze=False)
-  k = max(int(max(t.max(), p.max())) for _, t, p in panels)
-  for row, (image, true, pred) in zip(axes, panels):
-    overlay = image.astype(np.float32) / 255.0
-    for labels, colour in ((true, (0, 1, 0)), (pred, (1, 0, 0))):
-      edge = (labels > 0) & ~ndimage.binary_erosion(labels > 0, iterations=2)
-      overlay[edge] = colour
-    for ax, img, title in zip(row, (image, true, pred, overlay),
-                              ('image', 'ground truth', 'prediction', 'overlay')):
-      ax.imshow(img, cmap='viridis' if img.ndim == 2 else None, vmin=0,
-                vmax=max(k, 1) if img.ndim == 2 else None, interpolation='nearest')
-      ax.set_title(title)
-      ax.axis('off')
-  return _save(fig, workdir, name, dpi=80)
+from histojax import plots
 
 
 def write(workdir, config, task, results, final_step, loop, info, extra=(), cost=None):
-  """results: {'val': (scalars, details), '<test part>': (...), ...}."""
+  """results: {'val': EvalResult, '<test part>': EvalResult, ...} (histojax/tasks/base.py);
+  extra: more markdown lines (attribution figures)."""
   workdir = pathlib.Path(workdir)
-  curves = plot_curves(workdir, task.curve_metrics)
+  curves = plots.curves(workdir, task.curve_metrics)
   parts = list(results)
   # Rows: every metric of any part (GlaS object metrics exist for val/testA/testB, not for the
   # pooled test column), in order of first appearance.
-  names = list(dict.fromkeys(k for p in parts for k in results[p][0]))
+  names = list(dict.fromkeys(k for p in parts for k in results[p].scalars))
   lines = [
-      f'# Report: {config.get("dataset", "")} / {config.model.name}',
+      f'# Report: {config.dataset} / {config.model.name}',
       '',
       f'- written: {datetime.datetime.now().isoformat(timespec="seconds")}',
       f'- evaluated checkpoint: step {final_step} ' + (
@@ -88,13 +27,13 @@ def write(workdir, config, task, results, final_step, loop, info, extra=(), cost
          f'({cost["cost/cpu_seconds"] / 3600:.2f} core-hours) and '
          f'{cost["cost/wall_seconds"]:.0f} s wall, over {loop.get("starts", 1)} start(s), '
          'this report included'] if cost else []),
-      f'- validation: carved from the training data; test parts read only for this report',
+      '- validation: carved from the training data; test parts read only for this report',
       '',
       '| metric | ' + ' | '.join(parts) + ' |',
       '|---' * (len(parts) + 1) + '|',
   ]
   for k in names:
-    cells = [results[p][0].get(k) for p in parts]
+    cells = [results[p].scalars.get(k) for p in parts]
     lines.append(f'| {k} | ' + ' | '.join('' if v is None else f'{v:.4f}' for v in cells) + ' |')
   lines += ['', *[f'> {note}' for note in info.get('notes', [])], '',
             f'![curves]({curves.relative_to(workdir)})', '']

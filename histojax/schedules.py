@@ -45,13 +45,12 @@ def optimizer(config, steps_per_epoch, total_steps):
   elif o.name == 'adamw':
     tx = optax.adamw(lr, weight_decay=o.weight_decay)
   elif o.name == 'sgd':
-    tx = optax.sgd(lr, momentum=o.get('momentum', 0.9), nesterov=True)
+    tx = optax.sgd(lr, momentum=o.momentum, nesterov=True)
   else:
     raise ValueError(f'Unknown optimizer {o.name!r} (config key: optimizer.name).')
-  freeze = config.get('freeze')
   # Head-first is for transfer: freezing a randomly initialised body would only waste steps.
-  if freeze and freeze.get('steps') and config.get('init_from'):
-    tx = head_first(tx, freeze.head, freeze.steps)
+  if config.freeze.steps and config.init_from:
+    tx = head_first(tx, config.freeze.head, config.freeze.steps)
   return tx, lr
 
 

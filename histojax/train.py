@@ -1,8 +1,8 @@
 """THE train loop, shared by every task: mesh → input → model/optimizer → sharded state →
 jitted steps → restore → loop (log, eval, checkpoint, early stop) → final report.
 
-Tasks differ only by config and by their task object (inputs, loss, metrics); see
-histojax/tasks. Data parallel: the batch is sharded over the mesh axis "data", the state is
+Tasks differ only by config and by their task object (histojax/tasks/base.py: inputs, loss,
+metrics, evaluation, report sections). Data parallel: the batch is sharded over the mesh axis "data", the state is
 replicated, and jit inserts the gradient all-reduce.
 """
 import json
@@ -19,7 +19,7 @@ import optax
 
 from histojax import checkpoint, errors, models, report, schedules, sharding, tasks, writers
 from histojax import workdir as workdir_lib
-from histojax.data import pipeline
+from histojax.data import datasets, pipeline
 
 
 @flax.struct.dataclass
@@ -44,7 +44,7 @@ def make_l2_penalty(config):
   """Keras-style kernel_regularizer / bias_regularizer: an explicit loss term
   l2_kernel * sum(kernel**2) + l2_bias * sum(bias**2) over conv/dense layers (not decoupled
   weight decay). BatchNorm's scale and bias (Keras: gamma/beta) are not regularised."""
-  l2_kernel, l2_bias = config.get('l2_kernel', 0.0) or 0.0, config.get('l2_bias', 0.0) or 0.0
+  l2_kernel, l2_bias = config.l2_kernel, config.l2_bias
 
   def penalty(node):
     total = 0.0
@@ -84,19 +84,10 @@ def make_train_step(model, task, tx, base_rng, l2_penalty=lambda params: 0.0):
   return train_step
 
 
-def make_eval_step(model, task):
-  def eval_step(state, batch):
-    x = task.inputs(batch, None, train=False)
-    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                         train=False)
-    return task.eval_output(logits, batch)
-  return eval_step
-
-
 def log_cpu_estimate(config, steps_left, steps_per_sec):
   """A GPU-sized recipe started on a CPU backend: how long it will take, and the :cpu recipe
   sized for 2 cores (config key cpu_recipe; empty in the :cpu recipes themselves)."""
-  if not config.get('cpu_recipe'):
+  if not config.cpu_recipe:
     return
   hours = steps_left / steps_per_sec / 3600
   logging.warning(
@@ -160,14 +151,14 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   # --------------------------------------------------------------------- input
-  splits = pipeline.get_splits(config)
-  pipeline.log_info(splits)
+  splits = datasets.get_splits(config)
+  datasets.log_info(splits)
   has_val = len(splits.val) > 0
   if not has_val:  # e.g. data.val_fraction=0: train on every training image
     logging.warning('No validation examples: no model selection and no early stopping; the '
                     'final report evaluates the last checkpoint.')
   task = tasks.get_task(config, splits.info)
-  repeats = config.data.get('repeats_per_epoch', 1)
+  repeats = config.data.repeats_per_epoch
   per_epoch = pipeline.steps_per_epoch(len(splits.train) * repeats, config.batch_size)
   total_steps = schedules.steps('total', config, per_epoch)
   log_every = config.log_every_steps
@@ -180,7 +171,7 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
         start_batch=start_batch, **hosts)
 
   # ---------------------------------------------------------- model, optimizer
-  model = models.get_model(config, getattr(task, 'out_channels', splits.info['num_classes']))
+  model = models.get_model(config, task.out_channels)
   tx, lr_fn = schedules.optimizer(config, per_epoch, total_steps)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
@@ -201,17 +192,10 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   # --------------------------------------------------------------- jitted steps
   train_step = jax.jit(make_train_step(model, task, tx, train_rng, make_l2_penalty(config)),
                        donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(model, task))
 
-  def evaluate(state, source):
-    """(scalars, details) over a whole split, each example counted once."""
-    if hasattr(task, 'evaluate'):  # e.g. sliding-window inference over whole images
-      return task.evaluate(model, state, source, mesh=mesh, **hosts)
-    total = None
-    for local in pipeline.eval_batches(source, global_batch=config.eval_batch_size, **hosts):
-      out = eval_step(state, sharding.to_global(mesh, local))
-      total = out if total is None else total.merge(out)
-    return task.summarize(total.compute())
+  def evaluate(state, source, postprocess=None):
+    """The task's EvalResult over a whole split, each example counted once."""
+    return task.evaluate(model, state, source, mesh=mesh, postprocess=postprocess, **hosts)
 
   # ------------------------------------------------------------------- restore
   loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False,
@@ -230,24 +214,12 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
       loop.update(best_step=None, best_value=None, evals_since_best=0)
     logging.info('%s %s at step %d.', 'Restored' if mode == 'eval' else 'Resumed from',
                  ckpts.directory, start)
-  elif config.get('init_from') and mode == 'train':
-    stem = state.params.get('conv1', {}).get('kernel')  # ResNet: adapt .npz RGB weights to it
-    source = checkpoint.load_variables(config.init_from,
-                                       in_channels=None if stem is None else stem.shape[2])
-    params, loaded, skipped = checkpoint.merge_matching(state.params, source['params'])
-    stats, _, _ = checkpoint.merge_matching(state.batch_stats, source.get('batch_stats', {}))
+  elif config.init_from and mode == 'train':
+    params, stats = checkpoint.warm_start(state.params, state.batch_stats, config.init_from,
+                                          config.freeze.head)
     state = jax.device_put(state.replace(params=params, batch_stats=stats,
                                          opt_state=tx.init(params)),
                            sharding.replicated(mesh))
-    logging.info('init_from %s: loaded %d parameter arrays, kept %d freshly initialised: %s',
-                 config.init_from, len(loaded), len(skipped), ', '.join(skipped) or '-')
-    heads = tuple(f'/{h}/' for h in (config.get('freeze') or {}).get('head', ()))
-    body = [p for p in skipped if not p.startswith(heads)]
-    if body:  # e.g. torchvision's 7x7 conv1 into the small 3x3 stem: silently random otherwise
-      logging.warning('init_from %s: %d parameter arrays outside the head (%s) found no match '
-                      'of the same path and shape and stay random: %s. (A torchvision .npz '
-                      "needs the ImageNet stem: configs/nuclei_resnet18.py:imagenet.)",
-                      config.init_from, len(body), ', '.join(heads) or '-', ', '.join(body))
 
   loop['starts'] += 1
   if is_main and mode == 'train':  # only now: the config fits the saved run
@@ -320,11 +292,10 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
         stop = bool(np.any(multihost_utils.process_allgather(np.array(bool(stop_requested)))))
     val = None
     if has_val and (step % eval_every == 0 or step == total_steps):
-      val, val_details = evaluate(state, splits.val)
-      val = {f'val/{k}': v for k, v in val.items()}
+      result = evaluate(state, splits.val)
+      val = {f'val/{k}': v for k, v in result.scalars.items()}
       writer.write(step, val)
-      if hasattr(task, 'tensorboard_images'):
-        writer.write_images(step, task.tensorboard_images(val_details))
+      writer.write_images(step, result.images)
       logging.info('step %d | %s', step, ' '.join(f'{k} {v:.4f}' for k, v in val.items()))
       if config.best_metric not in val:
         raise KeyError(f'config.best_metric={config.best_metric!r} is not a validation metric; '
@@ -362,23 +333,31 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   if final_step is not None and final_step != int(state.step):
     final_step, state, _ = ckpts.restore_newest(checkpoint.abstract(state),
                                                 steps=[final_step, ckpts.latest_step()])
+  return final_report(config, workdir, task, model, state, splits, evaluate, writer, loop, cost)
+
+
+def final_report(config, workdir, task, model, state, splits, evaluate, writer, loop, cost):
+  """The selected checkpoint scored on val (post-processing chosen there), then on every test
+  part (read only here); W/report.md, W/postprocess.json. Returns {part: scalars}."""
+  is_main = jax.process_index() == 0
   final_step = int(state.step)
   results = {}
-  if has_val:
-    results['val'] = evaluate(state, splits.val)
-    if hasattr(task, 'select_on_val'):  # post-processing tuned on val only, before any test
-      results['val'] = task.select_on_val(results['val'])
-    writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'][0].items()})
-  if is_main and hasattr(task, 'postprocess_settings'):  # --mode=predict applies the same
-    workdir_lib.write_json_atomic(workdir / 'postprocess.json', task.postprocess_settings())
+  postprocess = None  # the config's, when there is no val to choose on
+  if len(splits.val):
+    results['val'] = task.select_on_val(evaluate(state, splits.val))
+    postprocess = results['val'].postprocess
+    writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'].scalars.items()})
   for part, source in splits.tests.items():
-    results[part] = evaluate(state, source)
-    writer.write(final_step, {f'{part}/{k}': v for k, v in results[part][0].items()})
-  if hasattr(task, 'pool_tests') and len(splits.tests) > 1:
-    results['test'] = task.pool_tests([results[p] for p in splits.tests])
-    writer.write(final_step, {f'test/{k}': v for k, v in results['test'][0].items()})
+    results[part] = evaluate(state, source, postprocess)
+    writer.write(final_step, {f'{part}/{k}': v for k, v in results[part].scalars.items()})
+  pooled = task.pool_tests([results[p] for p in splits.tests]) if len(splits.tests) > 1 else None
+  if pooled is not None:
+    results['test'] = pooled
+    writer.write(final_step, {f'test/{k}': v for k, v in pooled.scalars.items()})
   extra = []
-  if is_main and hasattr(task, 'explain'):
+  if is_main:  # --mode=predict applies the same post-processing
+    workdir_lib.write_json_atomic(workdir / 'postprocess.json',
+                                  next(iter(results.values())).postprocess)
     part = next(iter(splits.tests))
     extra = task.explain(model, state, splits.tests[part], workdir, part)
   totals = cost.scalars('cost')  # the whole run: every start, dataset build, this report
@@ -388,7 +367,7 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
                  cost=totals)
   logging.info('Params fingerprint (process %d): %.10e', jax.process_index(),
                float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))))
-  for part in results:
+  for part, result in results.items():
     logging.info('Final (step %d): %s %s', final_step, part,
-                 ' '.join(f'{k} {v:.4f}' for k, v in results[part][0].items()))
-  return {part: scalars for part, (scalars, _) in results.items()}
+                 ' '.join(f'{k} {v:.4f}' for k, v in result.scalars.items()))
+  return {part: result.scalars for part, result in results.items()}

@@ -1,15 +1,15 @@
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from histojax.tasks import classification
 
 
-def _task(**config):
-  data = config.pop('data', {})
-  return classification.ClassificationTask(ml_collections.ConfigDict(dict(config, data=data)),
-                                           {'num_classes': 3})
+def _task(**overrides):
+  config = common.base_config()
+  config.update(overrides)
+  return classification.ClassificationTask(config, {'num_classes': 3})
 
 
 def test_center_crop_takes_the_middle_of_every_input():

@@ -1,4 +1,4 @@
-"""The seed's Kaggle layout: train.csv (filename,label) + a folder of 100x100 patches, RGB or
+"""The original project's Kaggle layout: train.csv (filename,label) + a folder of 100x100 patches, RGB or
 grayscale; training by config argument alone, then a predictions.csv for an unlabelled folder."""
 import csv
 
@@ -30,7 +30,7 @@ def _kaggle_layout(root, gray=False, n=72, size=100):
 
 
 @pytest.mark.parametrize('gray', [False, True], ids=['rgb', 'gray'])
-def test_seed_kaggle_layout_trains_and_writes_submission(tmp_path, gray):
+def test_original_kaggle_layout_trains_and_writes_submission(tmp_path, gray):
   from configs import nuclei_cnn
   from histojax import train
   _kaggle_layout(tmp_path / 'kaggle', gray)
@@ -72,7 +72,7 @@ def test_integer_labels_sort_numerically(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'im' / f'{i}.png')
     rows.append(f'{i}.png,{label}')
   (tmp_path / 'l.csv').write_text('\n'.join(rows))
-  records, _, names = folders.csv_labels(tmp_path / 'l.csv', tmp_path / 'im')
+  records, names = folders.csv_labels(tmp_path / 'l.csv', tmp_path / 'im')
   assert names == ['0', '2', '10'] and [r.label for r in records] == [2, 1, 0]
 
 

@@ -305,16 +305,13 @@ def test_class_folders(tmp_path):
   assert classes == ['tumour'] and [r.name for r in recs] == ['x1', 'x2']
 
 
-def test_csv_labels_and_test_folder(tmp_path):
+def test_csv_labels(tmp_path):
   for name in ('a', 'b', 'c'):
     _png(tmp_path / 'img' / f'{name}.png', _rgb())
-  _png(tmp_path / 'test' / 't1.png', _rgb())
   (tmp_path / 'labels.csv').write_text('filename,label\na.png,benign\nb,malignant\nc.png,benign\n')
-  recs, tests, classes = folders.csv_labels(tmp_path / 'labels.csv', tmp_path / 'img',
-                                            tmp_path / 'test')
+  recs, classes = folders.csv_labels(tmp_path / 'labels.csv', tmp_path / 'img')
   assert classes == ['benign', 'malignant']
   assert [(r.name, r.label) for r in recs] == [('a', 0), ('b', 1), ('c', 0)]
-  assert [(r.name, r.label) for r in tests] == [('t1', -1)]
   (tmp_path / 'bad.csv').write_text('filename,label\na.png\n')
   with pytest.raises(paths.DataError, match='bad.csv line 2 is malformed'):
     folders.csv_labels(tmp_path / 'bad.csv', tmp_path / 'img')

@@ -101,10 +101,10 @@ def test_disc_mask_area_and_overlap_rule():
   mask = derive.points_to_binary_mask([(10.0, 10.0)], (21, 21), radius=3)
   assert mask.sum() == 29  # lattice points with dx^2 + dy^2 <= 9
   assert mask[10, 13] == 1 and mask[10, 14] == 0 and mask[12, 12] == 1 and mask[12, 13] == 0
-  inst = derive.points_to_instance_map([(10.0, 10.0), (14.0, 10.0)], (21, 21), radius=3)
+  inst = derive.disc_owner([(10.0, 10.0), (14.0, 10.0)], (21, 21), radius=3) + 1
   assert inst[10, 11] == 1 and inst[10, 13] == 2
   assert inst[10, 12] == 1  # equidistant: the lower point index wins
-  swapped = derive.points_to_instance_map([(14.0, 10.0), (10.0, 10.0)], (21, 21), radius=3)
+  swapped = derive.disc_owner([(14.0, 10.0), (10.0, 10.0)], (21, 21), radius=3) + 1
   assert swapped[10, 12] == 1 and swapped[10, 11] == 2
   # Discs crossing the border are clipped, not wrapped.
   edge = derive.points_to_binary_mask([(0.0, 0.0)], (10, 10), radius=2)
@@ -204,11 +204,11 @@ def test_kfold_config_arguments_and_refusals():
   assert (c.data.folds, c.data.fold) == (4, 3)
   with pytest.raises(ValueError, match='fold=4'):
     patches.get_config('folds=4,fold=4')
-  from histojax.data import pipeline
+  from histojax.data import datasets
   warwick = importlib.import_module('configs.warwick_unet').get_config('smoke')
   warwick.data.folds = 4
   with pytest.raises(ValueError, match='data.folds: dataset glas'):
-    pipeline.get_splits(warwick)
+    datasets.get_splits(warwick)
 
 
 def test_group_keys_prefer_patient():
@@ -230,7 +230,7 @@ def test_crchisto_nuclei_split_by_image():
     _, lab, _ = crchisto.nuclei(r)
     groups += [r.group] * len(lab)
     labels += lab.tolist()
-  split = splits.group_split(groups, labels, seed=0)
+  split = splits.group_split(groups, labels, (0.7, 0.15, 0.15), seed=0)
   splits.check_disjoint(split, groups)
   images = {k: {groups[i] for i in v} for k, v in split.items()}
   assert not (images['train'] & images['val'] or images['train'] & images['test'] or

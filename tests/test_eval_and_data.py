@@ -3,12 +3,12 @@ import gzip
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from conftest import require_data
-from histojax.data import paths, pipeline
+from histojax.data import datasets, paths, pipeline
 from histojax.data.sources import mnist
 from histojax.tasks import classification
 
@@ -27,8 +27,7 @@ def test_masked_metrics_equal_numpy_on_uneven_split():
   n, batch, k = 37, 16, 3
   rng = np.random.default_rng(0)
   labels, preds = rng.integers(0, k, n), rng.integers(0, k, n)
-  task = classification.ClassificationTask(ml_collections.ConfigDict({'data': {}}),
-                                           {'num_classes': k})
+  task = classification.ClassificationTask(common.base_config(), {'num_classes': k})
   total = None
   for b in pipeline.eval_batches({'label': labels.astype(np.int32), 'pred': preds},
                                  global_batch=batch):
@@ -53,7 +52,7 @@ def test_image_level_metrics_equal_brute_force(batch, hosts):
   image_id = rng.choice([0, 1, 2, 4, 5, 7, 8], n).astype(np.int32)  # 3 and 6: not here
   image_label = rng.integers(0, k, n_images)
   logits = rng.normal(size=(n, k)).astype(np.float32)
-  task = classification.ClassificationTask(ml_collections.ConfigDict({'data': {}}),
+  task = classification.ClassificationTask(common.base_config(),
                                            {'num_classes': k, 'num_images': n_images})
   arrays = {'label': image_label[image_id].astype(np.int32), 'image_id': image_id,
             'logits': logits}
@@ -82,7 +81,7 @@ def test_mnist_counts_and_holdout():
   assert train['image'].shape == (60000, 28, 28, 1) and test['image'].shape == (10000, 28, 28, 1)
   assert np.bincount(test['label']).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,
                                                  974, 1009]
-  kept, held = pipeline.holdout({'label': train['label'], 'i': np.arange(60000)}, 5000, 0)
+  kept, held = datasets.holdout({'label': train['label'], 'i': np.arange(60000)}, 5000, 0)
   assert len(held['i']) == 5000 and not set(kept['i']) & set(held['i'])
 
 

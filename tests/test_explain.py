@@ -59,7 +59,14 @@ def test_occlusion_finds_the_region():
 
 
 def test_occlusion_covers_edges_and_prob_score():
-  # stride 10 does not divide 48 - 16: the last window is moved flush with the edge.
+  # stride 10 does not divide 48 - 16: the last window is moved flush with the edge. The
+  # target logit is the sum of all (positive) pixels, so occluding any pixel lowers it: a
+  # pixel no window covers would keep a zero heat (the right and bottom strips under Captum's
+  # rule).
+  total_logit = lambda x: jnp.stack([jnp.zeros(x.shape[0]), jnp.sum(x, (1, 2, 3))], -1)
+  heat = explain.occlusion(total_logit, np.ones((SIZE, SIZE, 3), np.float32), target=1,
+                           window=16, stride=10)
+  assert heat.shape == (SIZE, SIZE) and heat.min() > 0
   image = np.random.default_rng(0).normal(size=(SIZE, SIZE, 3)).astype(np.float32)
   heat = explain.occlusion(region_logits, image, target=1, window=16, stride=10, score='prob')
   assert np.isfinite(heat).all() and heat.shape == (SIZE, SIZE)
@@ -100,20 +107,32 @@ def test_overlay_png(tmp_path, channels):
   heat = explain.occlusion(region_logits, np.ones((SIZE, SIZE, 3), np.float32), 1)
   path = explain.overlay_png(image, heat, tmp_path / 'sub' / 'occ.png',
                              'predicted: tumour / true: tumour')
-  assert path.stat().st_size > 1000
-  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  _check_figure(path)
   # Signed [H, W, C] attributions are summed over channels.
   signed = rng.normal(size=(SIZE, SIZE, 3))
-  assert explain.overlay_png(image, signed, tmp_path / 'ig.png', 'ig').stat().st_size > 1000
+  _check_figure(explain.overlay_png(image, signed, tmp_path / 'ig.png', 'ig'))
+
+
+def _check_figure(path):
+  """A readable PNG of a figure: wider than tall (image | overlay panels), with the heatmap's
+  colours in it (a blank or greyscale canvas fails)."""
+  from PIL import Image
+  with Image.open(path) as png:
+    assert png.format == 'PNG'
+    rgb = np.asarray(png.convert('RGB')).astype(int)
+  assert rgb.shape[1] > rgb.shape[0] >= 150
+  saturation = rgb.max(-1) - rgb.min(-1)
+  assert (saturation > 100).sum() > 300  # coloured heat and colour bar, not only grey
 
 
 def test_task_explains_chosen_test_examples(tmp_path):
   """explain_indices picks the examples (titled with their index); out of range is an error."""
   import types
-  import ml_collections
   from histojax.tasks import classification
-  config = ml_collections.ConfigDict(dict(seed=0, explain_samples=4, explain_indices=(2, 0),
-                                          data=dict(mean=(0.5,), std=(0.25,))))
+  from configs import common
+  config = common.base_config()
+  config.update(dict(explain_samples=4, explain_indices=(2, 0), data=dict(mean=(0.5,),
+                                                                          std=(0.25,))))
   task = classification.ClassificationTask(config, {'num_classes': 3,
                                                     'class_names': ['a', 'b', 'c']})
   rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from histojax.data import paths
+from histojax.data import build, paths
 from histojax.data.sources import brecahad, common, crchisto, folders
 
 from test_data_sources import _crc_fixture, _glas_fixture
@@ -105,13 +105,12 @@ def test_cache_rebuilds_when_csv_labels_are_swapped(tmp_path, cache):
 
 def test_fingerprint_covers_glas_masks_grades_and_crchisto_mats(tmp_path):
   from configs import warwick_unet  # pylint: disable=g-import-not-at-top
-  from histojax.data import datasets  # pylint: disable=g-import-not-at-top
   from histojax.data.sources import glas  # pylint: disable=g-import-not-at-top
   config = warwick_unet.get_config()
   root = _glas_fixture(tmp_path / 'glas')
 
   def key():
-    return datasets._fingerprint(config, datasets._input_files(glas.records(root=root)))
+    return build.fingerprint(config, build.input_files(glas.records(root=root)))
   first = key()
   mask = root / 'testA_1_anno.png'
   empty = np.zeros_like(np.asarray(Image.open(mask)))
@@ -127,10 +126,10 @@ def test_fingerprint_covers_glas_masks_grades_and_crchisto_mats(tmp_path):
 
   config.dataset = 'crchisto_points'
   crc = _crc_fixture(tmp_path / 'crc')
-  first = datasets._fingerprint(config, datasets._input_files(crchisto.records(root=crc)))
+  first = build.fingerprint(config, build.input_files(crchisto.records(root=crc)))
   mat = crc / 'img1' / 'img1_others.mat'
   scipy.io.savemat(mat, {'detection': np.array([[2.0, 2.0]])})  # was [[1, 1]]: same size
-  second = datasets._fingerprint(config, datasets._input_files(crchisto.records(root=crc)))
+  second = build.fingerprint(config, build.input_files(crchisto.records(root=crc)))
   assert second != first and str(mat) in json.dumps(second)
 
 
@@ -252,11 +251,8 @@ def test_dot_files_are_ignored_in_every_listing(tmp_path):
 
   _macos_litter(root / 'images')
   (tmp_path / 'l.csv').write_text('filename,label\ns0.png,a\ns1,b\n')
-  (tmp_path / 'test').mkdir()
-  _macos_litter(tmp_path / 'test')
-  Image.fromarray(_rgb()).save(tmp_path / 'test' / 't.png')
-  _, tests, _ = folders.csv_labels(tmp_path / 'l.csv', root / 'images', tmp_path / 'test')
-  assert [r.name for r in tests] == ['t']
+  records, _ = folders.csv_labels(tmp_path / 'l.csv', root / 'images')
+  assert [r.name for r in records] == ['s0', 's1']
 
   gt = {'c1': {'mitosis': [{'x': 0.5, 'y': 0.5}]}}
   (tmp_path / 'br' / 'images').mkdir(parents=True)
@@ -318,7 +314,7 @@ def test_data_classes_is_settable_on_every_config(name):
 def test_inferred_csv_classes_are_logged_and_a_rare_one_flagged(tmp_path, caplog):
   csv_path, images = _labelled(tmp_path, ['benign'] * 30 + ['malignant'] * 29 + ['Benign'])
   with caplog.at_level(logging.WARNING):
-    _, _, names = folders.csv_labels(csv_path, images)
+    _, names = folders.csv_labels(csv_path, images)
   assert names == ['Benign', 'benign', 'malignant']
   assert "'benign' (30 rows)" in caplog.text and "'malignant' (29 rows)" in caplog.text
   assert "class 'Benign' has only 1 of 60 rows (first at line 61)" in caplog.text

@@ -44,13 +44,13 @@ def test_two_fold_smoke_run_tests_each_patient_once(tmp_path):
   require_data('glas')
   import importlib
   from histojax import train
-  from histojax.data import pipeline
+  from histojax.data import datasets
   tested = []
   for fold in range(2):
     config = importlib.import_module('configs.patches_cnn').get_config(f'smoke,folds=2,fold={fold}')
     config.data.max_eval_examples = None  # whole test folds, to compare their patients
     config.total_steps = 2
-    parts = pipeline.get_splits(config)
+    parts = datasets.get_splits(config)
     assert any('fold' in n and 'Cross-validation' in n for n in parts.info['notes'])
     tested.append(set(parts.tests['test'].indices.tolist()))
     everything = len(parts.train) + len(parts.val) + len(tested[-1])

@@ -17,8 +17,8 @@ def test_cnn_output_shape(batch, size):
   chex.assert_shape(logits, (batch, 10))
 
 
-def test_cnn_seed_architecture_and_bf16():
-  """The seed's model: 5 convs 32..256, pools after the 2nd and 4th (28→14→7), dense 256."""
+def test_cnn_original_architecture_and_bf16():
+  """The original project's model: 5 convs 32..256, pools after the 2nd and 4th (28→14→7), dense 256."""
   model = cnn.CNN(num_classes=10, dtype=jnp.bfloat16)
   x = jnp.zeros((2, 28, 28, 1))
   variables = model.init(jax.random.key(0), x)

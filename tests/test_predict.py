@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT, launch, require_data
+from conftest import launch, require_data
 
 
 def _predict(workdir, inputs, out):

@@ -47,10 +47,11 @@ def test_segmentation_predicts_at_the_working_resolution_and_returns_full_size()
   import ml_collections
   from histojax import sharding, tasks, train
   from histojax.models import unet
-  config = ml_collections.ConfigDict(dict(
-      task='segmentation', seed=0, data=dict(crop_size=32, scale=0.5, augment=None),
-      inference=dict(window=(32, 32), overlap=0.25, blend='gaussian', window_batch=4,
-                     tta='none')))
+  from configs import common
+  config = common.base_config()
+  config.update(dict(
+      task='segmentation', data=dict(crop_size=32, scale=0.5),
+      inference=dict(window=(32, 32), overlap=0.25, blend='gaussian', window_batch=4)))
   task = tasks.get_task(config, {'num_classes': 2})
   model = unet.UNet(num_classes=1, features=(4, 8))
   image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)

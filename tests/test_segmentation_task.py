@@ -1,18 +1,24 @@
 """Segmentation losses and whole-image evaluation bookkeeping."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from histojax.tasks import segmentation
 
 
+def _config(**overrides):
+  config = common.base_config()
+  config.update(dict(task='segmentation', data=dict(crop_size=8),
+                     inference=dict(window=(8, 8), overlap=0.25, blend='constant',
+                                    window_batch=2)))
+  config.update(overrides)
+  return config
+
+
 def _task(num_classes, loss, class_weights=None, dice_over='image'):
-  config = ml_collections.ConfigDict(dict(
-      seed=0, loss=loss, class_weights=class_weights, dice_over=dice_over,
-      data=dict(crop_size=8, augment=None),
-      inference=dict(window=(8, 8), overlap=0.25, blend='constant', window_batch=2)))
+  config = _config(loss=loss, class_weights=class_weights, dice_over=dice_over)
   names = ['background'] + [f'c{i}' for i in range(1, num_classes)]
   return segmentation.SegmentationTask(config, {'num_classes': num_classes, 'class_names': names})
 
@@ -89,10 +95,7 @@ def test_ignored_pixels_do_not_change_the_loss(num_classes, loss, dice_over):
 
 
 def test_object_min_size_is_chosen_on_val_and_applied_to_test():
-  config = ml_collections.ConfigDict(dict(
-      seed=0, loss='bce+dice', object_min_size=0, object_min_size_candidates=(4, 50, 400),
-      data=dict(crop_size=8, augment=None),
-      inference=dict(window=(8, 8), overlap=0.25, blend='constant', window_batch=2)))
+  config = _config(loss='bce+dice', object_min_size=0, object_min_size_candidates=(4, 50, 400))
   task = segmentation.SegmentationTask(config, {'num_classes': 2, 'instance_masks': True})
   rng = np.random.default_rng(0)
 
@@ -109,20 +112,18 @@ def test_object_min_size_is_chosen_on_val_and_applied_to_test():
   task.predict_image = lambda *args: (None, next(preds))
   source = [e for e, _ in pairs]
   val = task.evaluate(None, None, source, mesh=None)
-  assert val[0]['object_f1'] < 1.0  # min size 0 during training: speckles are objects
-  scalars, _ = task.select_on_val(val)
-  assert task.object_min_size == 50  # 4 keeps the 4-px speckles; 400 would also do: smaller wins
-  assert scalars['object_f1'] == 1.0 and scalars['dice'] == val[0]['dice']
-  test = task.evaluate(None, None, source, mesh=None)
-  assert test[0]['object_f1'] == 1.0
-  assert 'chosen on val' in task.min_size_note
+  assert val.scalars['object_f1'] < 1.0  # min size 0 during training: speckles are objects
+  chosen = task.select_on_val(val)
+  # 4 keeps the 4-px speckles; 400 would also do: the smaller wins. The task is unchanged.
+  assert chosen.postprocess == {'object_min_size': 50} and task.postprocess['object_min_size'] == 0
+  assert chosen.scalars['object_f1'] == 1.0 and chosen.scalars['dice'] == val.scalars['dice']
+  assert 'chosen on val' in chosen.notes[0]
+  test = task.evaluate(None, None, source, mesh=None, postprocess=chosen.postprocess)
+  assert test.scalars['object_f1'] == 1.0 and test.postprocess == chosen.postprocess
 
 
 def test_detection_split_is_chosen_on_val_and_applied_to_test():
-  config = ml_collections.ConfigDict(dict(
-      seed=0, loss='bce', detection_split=0, detection_split_candidates=(3, 20),
-      data=dict(crop_size=8, augment=None),
-      inference=dict(window=(8, 8), overlap=0.25, blend='constant', window_batch=2)))
+  config = _config(loss='bce', detection_split=0, detection_split_candidates=(3, 20))
   task = segmentation.SegmentationTask(config, {'num_classes': 2, 'points': True})
   rows, cols = np.indices((48, 48))
   points = np.array([(20, 16), (20, 24), (36, 38)])  # a touching pair and a lone nucleus
@@ -131,11 +132,11 @@ def test_detection_split_is_chosen_on_val_and_applied_to_test():
              'points': points[:, ::-1], 'point_labels': np.zeros(3, np.int32)}
   task.predict_image = lambda *args: (None, pred.astype(np.int32))
   val = task.evaluate(None, None, [example], mesh=None)
-  assert val[0]['detection_recall'] == pytest.approx(2 / 3)  # centroids merge the pair
-  scalars, _ = task.select_on_val(val)
+  assert val.scalars['detection_recall'] == pytest.approx(2 / 3)  # centroids merge the pair
+  chosen = task.select_on_val(val)
   # Both 3 and 20 split the pair (its two maxima are equal, so both survive any window): the
   # tie goes to the smaller.
-  assert task.detection_split == 3 and scalars['detection_f1'] == 1.0
-  assert task.evaluate(None, None, [example], mesh=None)[0]['detection_f1'] == 1.0
-  assert task.postprocess_settings() == {'detection_split': 3}
-  assert 'chosen on val' in task.split_note
+  assert chosen.postprocess == {'detection_split': 3} and chosen.scalars['detection_f1'] == 1.0
+  test = task.evaluate(None, None, [example], mesh=None, postprocess=chosen.postprocess)
+  assert test.scalars['detection_f1'] == 1.0
+  assert 'chosen on val' in chosen.notes[0]

@@ -119,11 +119,10 @@ def test_head_first_freezes_body_for_n_steps():
 
 
 def test_l2_penalty_is_an_explicit_loss_term():
-  config = {'l2_kernel': 0.5, 'l2_bias': 0.1}
-
-  class C(dict):
-    get = dict.get
-  penalty = train.make_l2_penalty(C(config))
+  from configs import common
+  config = common.base_config()
+  config.l2_kernel, config.l2_bias = 0.5, 0.1
+  penalty = train.make_l2_penalty(config)
   params = {'Conv_0': {'kernel': jnp.full((2,), 2.0), 'bias': jnp.full((3,), 1.0)},
             'BatchNorm_0': {'scale': jnp.ones(4), 'bias': jnp.ones(4)},  # not regularised
             'block': {'Dense_0': {'kernel': jnp.ones((1, 2)), 'bias': jnp.full((2,), 2.0)}}}

@@ -6,6 +6,7 @@ Conventions: images are [H, W, C] (or [H, W]) arrays; points are float (x, y) = 
 """
 import numpy as np
 
+from histojax import inference
 from histojax.data import paths
 
 # ---------------------------------------------------------------------------------------------
@@ -55,12 +56,7 @@ def tile_origins(height: int, width: int, size: int, stride: int,
     raise ValueError(f'tile size and stride must be positive, got {size}, {stride}.')
 
   def axis(n):
-    if n < size:
-      return []
-    starts = list(range(0, n - size + 1, stride))
-    if cover_edges and starts[-1] != n - size:
-      starts.append(n - size)
-    return starts
+    return [] if n < size else inference.axis_starts(n, size, stride, cover_edges)
 
   rows, cols = axis(height), axis(width)
   return np.array([(r, c) for r in rows for c in cols], np.int64).reshape(-1, 2)
@@ -173,11 +169,6 @@ def disc_owner(points, shape, radius: float) -> np.ndarray:
 def points_to_binary_mask(points, shape, radius: float = 4) -> np.ndarray:
   """uint8 [H, W]: 1 inside any point's disc, 0 elsewhere."""
   return (disc_owner(points, shape, radius) >= 0).astype(np.uint8)
-
-
-def points_to_instance_map(points, shape, radius: float = 4) -> np.ndarray:
-  """int32 [H, W]: 0 background, i + 1 for the disc of point i (nearest centre wins)."""
-  return disc_owner(points, shape, radius) + 1
 
 
 def merge_classes(classes, merge=None) -> tuple[list[str], dict]:

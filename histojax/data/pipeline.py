@@ -1,8 +1,6 @@
-"""Dataset splits → grain training stream (host augmentation, per-host rows, resumable) and
+"""Splits (histojax/data/datasets.py) → a grain training stream (host augmentation, per-host rows, resumable) and
 exact, padded evaluation batches."""
-import dataclasses
 import functools
-import logging
 import os
 import signal
 import threading
@@ -11,67 +9,6 @@ from typing import Iterator
 
 import grain
 import numpy as np
-
-from histojax.data import paths
-
-
-@dataclasses.dataclass
-class Splits:
-  """Random-access sources of example dicts. `tests` maps test-part names (MNIST: 'test';
-  GlaS: 'testA', 'testB') to sources; only the final report reads them."""
-  train: object
-  val: object
-  tests: dict
-  info: dict  # {'num_classes': int, 'class_names': [...], 'notes': [...], ...}
-
-
-def holdout(arrays, size, seed):
-  """Seeded random hold-out of `size` examples (for sets with no grouping, like MNIST)."""
-  order = np.random.default_rng(seed).permutation(len(arrays['label']))
-  keep, held = np.sort(order[size:]), np.sort(order[:size])
-  return ({k: v[keep] for k, v in arrays.items()}, {k: v[held] for k, v in arrays.items()})
-
-
-class Subset:
-  """The first n examples of a source (smoke runs)."""
-
-  def __init__(self, source, n):
-    self.source, self.n = source, min(n, len(source))
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    if not 0 <= i < self.n:
-      raise IndexError(i)
-    return self.source[i]
-
-
-def _subset(source, n):
-  source = as_source(source)
-  return source if n is None else Subset(source, n)
-
-
-def get_splits(config) -> Splits:
-  """Builds train/val/test sources for `config.dataset`."""
-  if config.dataset == 'mnist':
-    if config.data.get('folds'):
-      raise ValueError('data.folds: mnist keeps its official test set; group cross-validation '
-                       'is for the datasets split by config.data.fractions.')
-    from histojax.data.sources import mnist  # pylint: disable=g-import-not-at-top
-    tfds_dir = config.data.get('tfds_data_dir')
-    load = (lambda s: mnist.load_tfds(s, tfds_dir)) if tfds_dir else mnist.load
-    train, val = holdout(load('train'), config.data.val_size, config.seed)
-    splits = Splits(train, val, {'test': load('test')},
-                    {'num_classes': 10, 'class_names': [str(i) for i in range(10)],
-                     'notes': []})
-  else:
-    from histojax.data import datasets  # pylint: disable=g-import-not-at-top
-    splits = datasets.get_splits(config)
-  n_train, n_eval = config.data.max_train_examples, config.data.max_eval_examples
-  return Splits(train=_subset(splits.train, n_train), val=_subset(splits.val, n_eval),
-                tests={k: _subset(v, n_eval) for k, v in splits.tests.items()},
-                info=splits.info)
 
 
 def as_source(data):
@@ -90,8 +27,6 @@ class _ArraySource:
     return self._len
 
   def __getitem__(self, index):
-    if isinstance(index, slice):
-      return _ArraySource({k: v[index] for k, v in self._arrays.items()})
     return {k: v[index] for k, v in self._arrays.items()}
 
 
@@ -205,20 +140,9 @@ def steps_per_epoch(n_train, global_batch):
   return max(1, n_train // global_batch)
 
 
-def log_info(splits: Splits):
-  for name, source in [('train', splits.train), ('val', splits.val), *splits.tests.items()]:
-    logging.info('%s: %d examples', name, len(source))
-  for note in splits.info.get('notes', []):
-    logging.warning('%s', note)
-
-
-def sample_examples(config, n):
-  """The first n training examples exactly as the train step sees them (augmented, cropped),
-  and the class names: for `python -m histojax.data.show`."""
-  from histojax import tasks  # pylint: disable=g-import-not-at-top
-  splits = get_splits(config)
-  task = tasks.get_task(config, splits.info)
-  make = _TrainExample(splits.train, n_per_epoch=len(splits.train), seed=config.seed,
-                       global_batch=1, local=1, process_index=0,
-                       transform=task.train_transform)
-  return [make(j) for j in range(n)], splits.info.get('class_names')
+def train_examples(source, *, seed, transform, n):
+  """The first n examples of the training stream as the train step sees them (augmented,
+  cropped; one process, batch 1): pure in (seed, epoch, index)."""
+  make = _TrainExample(source, n_per_epoch=len(source), seed=seed, global_batch=1, local=1,
+                       process_index=0, transform=transform)
+  return [make(j) for j in range(n)]

@@ -20,8 +20,10 @@ def _as_rgb(image):
     image = image[..., 0]
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
-  image = image[..., :3].astype(np.float32)
-  if image.dtype != np.uint8 and (image.min() < 0 or image.max() > 1):
+  uint8, image = image.dtype == np.uint8, image[..., :3].astype(np.float32)
+  if uint8:
+    return image / 255.0
+  if image.min() < 0 or image.max() > 1:  # unnormalised floats: 0..255, else their own range
     lo, hi = (0.0, 255.0) if image.min() >= 0 and image.max() <= 255 else (image.min(), image.max())
     image = (image - lo) / max(hi - lo, 1e-6)
   return np.clip(image, 0, 1)
@@ -85,18 +87,27 @@ def grid_png(images, masks_or_labels, out_path, ncols=4, class_names=None):
 
 
 def _unpack(examples):
-  """sample_examples output (dict of stacked arrays, or list of dicts) → (images, targets)."""
-  if isinstance(examples, dict):
-    examples = [dict(zip(examples, values)) for values in zip(*examples.values())]
+  """sample_examples output (a list of example dicts) → (images, targets)."""
   images = [e['image'] for e in examples]
   key = next((k for k in ('mask', 'label') if k in examples[0]), None)
   return images, None if key is None else [e[key] for e in examples]
 
 
+def sample_examples(config, n):
+  """The first n training examples exactly as the train step sees them (augmented, cropped),
+  and the class names."""
+  from histojax import tasks  # pylint: disable=g-import-not-at-top
+  from histojax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
+  splits = datasets.get_splits(config)
+  task = tasks.get_task(config, splits.info)
+  examples = pipeline.train_examples(splits.train, seed=config.seed,
+                                     transform=task.train_transform, n=n)
+  return examples, splits.info.get('class_names')
+
+
 def main(argv):
   del argv
-  from histojax.data import pipeline  # pylint: disable=g-import-not-at-top
-  examples, class_names = pipeline.sample_examples(_FLAGS.config, _FLAGS.n)
+  examples, class_names = sample_examples(_FLAGS.config, _FLAGS.n)
   images, targets = _unpack(examples)
   print(grid_png(images, targets, _FLAGS.out, ncols=_FLAGS.ncols, class_names=class_names))
 

@@ -12,12 +12,9 @@ import numpy as np
 
 from histojax.data import paths
 
-DEFAULT_FRACTIONS = {'train': 0.7, 'val': 0.15, 'test': 0.15}
-
-
 def _fractions(fractions) -> dict[str, float]:
-  if fractions is None:
-    fractions = DEFAULT_FRACTIONS
+  if fractions is None:  # the one default is the config's (configs/common.py: data.fractions)
+    raise ValueError('Give the split fractions (config key data.fractions).')
   if not isinstance(fractions, dict):
     names = ('train', 'val', 'test')[:len(fractions)] if len(fractions) <= 3 else None
     if names is None:
@@ -42,8 +39,7 @@ def group_split(groups, labels=None, fractions=None, seed: int = 0,
 
   groups: one hashable key per item. labels: optional class per item; groups are stratified by
   their majority label (ties to the smallest label). fractions: {name: fraction} or a
-  sequence for (train, val, test), default 0.7/0.15/0.15, met by item count as closely as
-  whole groups allow. Same inputs and seed -> same split, whatever the item order.
+  sequence for (train, val, test), met by item count as closely as whole groups allow. Same inputs and seed -> same split, whatever the item order.
   Returns {name: sorted int64 item indices}.
   """
   fractions = _fractions(fractions)
@@ -88,7 +84,7 @@ def group_kfold(groups, labels=None, folds: int = 5, fold: int = 0, fractions=No
   The folds are one group_split into `folds` equal parts (stratified like group_split), so
   every fold index with the same inputs and seed sees the same folds and each group is tested
   exactly once over the k runs. Validation is carved, again by group, from the other folds in
-  the ratio fractions['val'] : fractions['train'] (default 0.7/0.15/0.15 -> 15/85).
+  the ratio fractions['val'] : fractions['train'] (0.7/0.1/0.2 -> 1/8).
   Returns {'train', 'val', 'test': sorted int64 item indices}.
   """
   if folds < 2 or not 0 <= fold < folds:
@@ -177,7 +173,7 @@ def glas_val_split(records, val_fraction: float = 0.2, seed: int = 0) -> tuple[l
 
   Returns (train records, val records), each in input order. Test records in the input are
   ignored. The official testA/testB still share patients with both parts (see
-  glas.test_overlap_notes).
+  glas.shared_patient_notes).
   """
   train = [r for r in records if r.split == 'train']
   if not train:

@@ -11,11 +11,7 @@ Conventions for degenerate classes (no NaN, no numpy warnings):
 """
 import numpy as np
 
-
-def _div(num, den):
-  """num / den elementwise, 0 where den == 0 (without a divide warning)."""
-  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-  return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
+from histojax.metrics import divide
 
 
 def from_confusion(matrix):
@@ -31,18 +27,18 @@ def from_confusion(matrix):
   support = m.sum(1)
   predicted = m.sum(0)
   total = int(m.sum())
-  precision = _div(tp, predicted)
-  recall = _div(tp, support)
-  f1 = _div(2 * tp, support + predicted)
+  precision = divide(tp, predicted)
+  recall = divide(tp, support)
+  f1 = divide(2 * tp, support + predicted)
   occurring = (support > 0) | (predicted > 0)
-  true_share = _div(support, total)
-  predicted_share = _div(predicted, total)
+  true_share = divide(support, total)
+  predicted_share = divide(predicted, total)
   return {
       'count': total,
-      'accuracy': float(_div(tp.sum(), total)),
+      'accuracy': float(divide(tp.sum(), total)),
       'balanced_accuracy': float(recall[support > 0].mean()) if total else 0.0,
       'macro_f1': float(f1[occurring].mean()) if occurring.any() else 0.0,
-      'weighted_f1': float(_div((f1 * support).sum(), total)),
+      'weighted_f1': float(divide((f1 * support).sum(), total)),
       'precision': precision,
       'recall': recall,
       'f1': f1,

@@ -30,6 +30,8 @@ F1 = Dice = 1, Hausdorff 0 (official F1score and ObjectDice do the same).
 import numpy as np
 from scipy import ndimage, spatial
 
+from histojax.metrics import divide
+
 
 def label_objects(binary, min_size=0, connectivity=None):
   """Connected components of (binary > 0) as int32 labels 1..N; objects < min_size px dropped.
@@ -67,11 +69,9 @@ def consecutive_labels(labels, min_size=0):
 def precision_recall_f1(tp, fp, fn):
   """Precision, recall, F1 (0 on a zero denominator; 1 when tp = fp = fn = 0)."""
   tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
-  def div(num, den):
-    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)
   vacuous = (tp + fp + fn) == 0
-  return tuple(np.where(vacuous, 1.0, v)
-               for v in (div(tp, tp + fp), div(tp, tp + fn), div(2 * tp, 2 * tp + fp + fn)))
+  return tuple(np.where(vacuous, 1.0, v) for v in (
+      divide(tp, tp + fp), divide(tp, tp + fn), divide(2 * tp, 2 * tp + fp + fn)))
 
 
 class _Objects:
@@ -255,11 +255,3 @@ class GlaSMetrics:
         'object_hausdorff_image_mean': mean(per_image['object_hausdorff']),
         'per_image': per_image,
     }
-
-
-def glas_object_metrics(pairs):
-  """GlaS object F1, Dice and Hausdorff of (pred_instance_map, gt_instance_map) pairs."""
-  acc = GlaSMetrics()
-  for pred, gt in pairs:
-    acc.update(pred, gt)
-  return acc.compute()

@@ -28,6 +28,8 @@ entirely, so it cannot score empty_score.
 import jax.numpy as jnp
 import numpy as np
 
+from histojax.metrics import divide
+
 
 def pixel_stats(pred_labels, true_labels, mask, num_classes):
   """Per-image per-class TP/FP/FN [B, C] and the pixel confusion matrix [C, C] (jit-friendly).
@@ -62,17 +64,11 @@ def pixel_stats(pred_labels, true_labels, mask, num_classes):
           'image_mask': jnp.any(valid, axis=1).astype(jnp.int32)}
 
 
-def _ratio(num, den):
-  """num / den elementwise, NaN where den == 0 (the caller applies the empty policy)."""
-  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-  return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den != 0)
-
-
 def _nanmean(x, axis=None):
   """Mean over non-NaN entries; NaN (without a warning) where there are none."""
   x = np.asarray(x, np.float64)
   count = np.sum(~np.isnan(x), axis=axis)
-  return _ratio(np.nansum(x, axis=axis), count)
+  return divide(np.nansum(x, axis=axis), count, empty=np.nan)
 
 
 class SegmentationMetrics:
@@ -110,8 +106,8 @@ class SegmentationMetrics:
 
   def _scores(self, tp, fp, fn):
     """Dice and IoU with the empty-ground-truth policy; works per image or pooled."""
-    dice = _ratio(2 * tp, 2 * tp + fp + fn)
-    iou = _ratio(tp, tp + fp + fn)
+    dice = divide(2 * tp, 2 * tp + fp + fn, empty=np.nan)
+    iou = divide(tp, tp + fp + fn, empty=np.nan)
     gt_empty = (tp + fn) == 0
     if self.ignore_empty:
       fill = np.full(gt_empty.shape, np.nan)
@@ -131,7 +127,7 @@ class SegmentationMetrics:
     return {
         'n_images': int(tp.shape[0]),
         'n_pixels': total,
-        'pixel_accuracy': float(_ratio(np.trace(self._confusion), total)),
+        'pixel_accuracy': float(divide(np.trace(self._confusion), total, empty=np.nan)),
         'confusion': self._confusion.copy(),
         'dice': dice,
         'iou': iou,

@@ -16,3 +16,10 @@ def get_model(config, num_classes):
     from histojax.models import resnet  # pylint: disable=g-import-not-at-top
     return resnet.ResNet18(num_classes=num_classes, dtype=dtype, **kwargs)
   raise ValueError(f'Unknown model {name!r} (config key: model.name).')
+
+
+def apply(model, state, x, train=False):
+  """The model's output for `x` with the params and BatchNorm statistics of `state` (a
+  TrainState or anything with .params and .batch_stats); inference mode unless `train`."""
+  return model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                     train=train)

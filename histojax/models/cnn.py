@@ -16,7 +16,7 @@ class CNN(nn.Module):
   dense: int = 256
   dropout: float = 0.25
   batch_norm: bool = True
-  pooling: str = 'flatten'             # 'flatten' (the seed's) | 'gap' (global average)
+  pooling: str = 'flatten'             # 'flatten' (the original project's) | 'gap' (global average)
   dtype: jnp.dtype = jnp.float32       # compute dtype; params and BN statistics stay float32
 
   @nn.compact
@@ -25,8 +25,7 @@ class CNN(nn.Module):
     for i, width in enumerate(self.features):
       x = nn.Conv(width, (3, 3), padding=1, kernel_init=he_init, dtype=self.dtype)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype)(x)
+        x = layers.batch_norm(train, self.dtype)(x)
       x = nn.relu(x)
       if i in self.pool_after:
         x = layers.max_pool_2x2(x)

@@ -12,6 +12,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+def batch_norm(train, dtype, **kwargs):
+  """BatchNorm with PyTorch's constants (its momentum 0.1 is flax's 0.9; epsilon 1e-5), as the
+  torch peers and torchvision's weights use them."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      **kwargs)
+
+
 def max_pool_2x2(x):
   """2x2 max-pool with stride 2 over NHWC (H and W even), as a reshape and a max."""
   n, h, w, c = x.shape

@@ -17,9 +17,9 @@ STEMS = ('imagenet', 'small')
 
 
 def _bn(train, dtype, name, zero_init=False):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
-                      name=name)
+  return layers.batch_norm(
+      train, dtype, scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+      name=name)
 
 
 class BasicBlock(nn.Module):

@@ -19,8 +19,7 @@ class ConvBlock(nn.Module):
     for _ in range(2):
       x = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_init,
                   dtype=self.dtype)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       dtype=self.dtype)(x)
+      x = layers.batch_norm(train, self.dtype)(x)
       x = nn.relu(x)
     return x
 

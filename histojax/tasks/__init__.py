@@ -1,5 +1,5 @@
-"""Task registry. A task says how to turn a batch into model inputs, the loss, and metrics;
-the train loop (histojax/train.py) is the same for all of them."""
+"""Task registry: config.task → a histojax.tasks.base.Task (the contract the train loop, the
+report and predict use; the loop, histojax/train.py, is the same for every task)."""
 
 
 def get_task(config, info):

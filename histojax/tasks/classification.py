@@ -1,4 +1,6 @@
-"""Image classification: softmax cross-entropy, accuracy, per-class counts."""
+"""Image classification: softmax cross-entropy, accuracy, per-class counts; tiles of whole
+images are also scored per source image."""
+import csv
 import functools
 import logging
 import pathlib
@@ -10,8 +12,10 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
-from histojax.data import augment, device_augment
+from histojax import models, plots, sharding
+from histojax.data import augment, device_augment, pipeline
 from histojax.metrics import classification as cls_metrics
+from histojax.tasks import base
 
 
 @flax.struct.dataclass
@@ -75,12 +79,12 @@ def image_confusion(votes):
   return np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
 
 
-class ClassificationTask:
-  eval_metrics = EvalMetrics
+class ClassificationTask(base.Task):
   curve_metrics = ('loss', 'accuracy')
+  helpers = ('crop', 'eval_output', 'summarize')
 
   def __init__(self, config, info):
-    self.num_classes = info['num_classes']
+    super().__init__(config, info)
     # Tiles of whole images (info['num_images']): also scored per source image.
     self.num_images = info.get('num_images')
     self.metrics = EvalMetrics
@@ -88,19 +92,20 @@ class ClassificationTask:
       self.metrics = clu_metrics.Collection.create(
           loss=clu_metrics.Average.from_output('loss'), accuracy=clu_metrics.Accuracy,
           confusion=ConfusionMatrix, image_votes=image_votes(self.num_images, self.num_classes))
-    self.class_names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
-    self.mean = jnp.asarray(config.data.get('mean', (0.5,)), jnp.float32)
-    self.std = jnp.asarray(config.data.get('std', (0.5,)), jnp.float32)
-    self.device_augment = config.data.get('device_augment')
-    self.explain_samples = config.get('explain_samples', 0)
-    self.explain_indices = tuple(config.get('explain_indices') or ())
-    self.seed = config.get('seed', 0)
-    self.label_smoothing = float(config.get('label_smoothing', 0.0))
-    self.center_crop = int(config.data.get('center_crop') or 0)
-    host = config.data.get('augment')
+    self.mean = jnp.asarray(config.data.mean, jnp.float32)
+    self.std = jnp.asarray(config.data.std, jnp.float32)
+    self.device_augment = config.data.device_augment
+    self.eval_batch_size = config.eval_batch_size
+    self.explain_samples = config.explain_samples
+    self.explain_indices = tuple(config.explain_indices or ())
+    self.seed = config.seed
+    self.label_smoothing = float(config.label_smoothing)
+    self.center_crop = int(config.data.center_crop or 0)
+    host = config.data.augment
     # Host-side joint augmentation (H&E patches), drawn from (seed, epoch, index).
     self.train_transform = (functools.partial(_augment_example, params=dict(host),
                                               seed=config.seed) if host else None)
+    self._eval_steps = {}
 
   def crop(self, images):
     """The centre `data.center_crop`² of [..., H, W, C] images (all of them when 0)."""
@@ -151,19 +156,38 @@ class ClassificationTask:
       out.update({f'image_{k}': v for k, v in cls_metrics.scalars(image_metrics).items()})
     return out, details
 
+  def evaluate(self, model, state, source, *, mesh, postprocess=None, process_index=0,
+               process_count=1):
+    """Batched jitted evaluation; padded examples are masked out, so each counts once."""
+    del postprocess  # nothing to post-process
+    key = (id(model), id(mesh))
+    if key not in self._eval_steps:
+      def eval_step(state, batch):
+        logits = models.apply(model, state, self.inputs(batch, None, train=False))
+        return self.eval_output(logits, batch)
+      self._eval_steps[key] = jax.jit(eval_step)
+    total = None
+    for local in pipeline.eval_batches(source, global_batch=self.eval_batch_size,
+                                       process_index=process_index,
+                                       process_count=process_count):
+      out = self._eval_steps[key](state, sharding.to_global(mesh, local))
+      total = out if total is None else total.merge(out)
+    scalars, details = self.summarize(total.compute())
+    return base.EvalResult(scalars, details)
+
   def report_sections(self, workdir, results, info):
-    from histojax import report  # pylint: disable=g-import-not-at-top
-    names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
+    names = self.class_names
     lines = []
-    for part, (_, details) in results.items():
+    for part, result in results.items():
       if part == 'val':
         continue
+      details = result.details
       confusion = details['tiles']
       metrics = cls_metrics.from_confusion(confusion)
       ok, message = cls_metrics.bias_check(metrics, class_names=names)
       if not ok:
         logging.warning('%s: %s', part, message)
-      png = report.plot_confusion(workdir, confusion, names, f'confusion_{part}.png')
+      png = plots.confusion(workdir, confusion, names, f'confusion_{part}.png')
       lines += [f'## {part}', '', f'> {message}', '',
                 cls_metrics.markdown_table(metrics, names), '',
                 f'![confusion]({png.relative_to(workdir)})', '',
@@ -181,7 +205,6 @@ class ClassificationTask:
                   np.array2string(details['images'], max_line_width=200), '```', '']
     return lines
 
-
   def explain(self, model, state, source, workdir, part):
     """Occlusion and integrated-gradients overlays for the test examples `explain_indices`, or
     else `explain_samples` random (seeded) ones: plots/explain_<part>_<n>_{occlusion,ig}.png."""
@@ -196,8 +219,7 @@ class ClassificationTask:
           len(source), min(self.explain_samples, len(source)), replace=False))
     else:
       return []
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    apply_fn = lambda x: model.apply(variables, x, train=False)
+    apply_fn = lambda x: models.apply(model, state, x)
     lines = [f'## Attribution ({part}: occlusion and integrated gradients)', '']
     for n, i in enumerate(picks):
       example = source[int(i)]
@@ -216,6 +238,45 @@ class ClassificationTask:
         explain.overlay_png(rgb, attribution, png, f'{name}: {title}')
         lines += [f'![{name}]({png.relative_to(workdir)})', '']
     return lines
+
+  def predict_reads(self, info):
+    """Inputs must have the training patch size: no silent resizing (it would change the
+    magnification); channels are converted (RGB <-> grayscale)."""
+    shape = info['input_shape']  # one training example's image (H, W, C)
+    return shape[-1], tuple(shape[:2])
+
+  def predict(self, model, variables, mesh, inputs, output_dir, postprocess):
+    """DIR/predictions.csv: `filename,label` and one probability column per class (the original project's
+    Kaggle submission format), written batch by batch (a crash keeps the rows so far)."""
+    del postprocess
+    @jax.jit
+    def probabilities(variables, images):
+      return jax.nn.softmax(models.apply(model, variables, self.inputs({'image': images}, None,
+                                                                        train=False)))
+    batch = self.eval_batch_size  # fixed, padded: compiled once
+    with open(pathlib.Path(output_dir) / 'predictions.csv', 'w', newline='',
+              encoding='utf-8') as f:
+      writer = csv.writer(f)
+      writer.writerow(['filename', 'label', *[f'p_{n}' for n in self.class_names]])
+      for chunk in _chunks(inputs, batch):
+        padded = np.zeros((batch, *chunk[0][2].shape), np.uint8)
+        padded[:len(chunk)] = [image for _, _, image in chunk]
+        p = np.asarray(probabilities(variables, jnp.asarray(padded)))[:len(chunk)]
+        for (name, _, _), row in zip(chunk, p):
+          writer.writerow([name, self.class_names[int(np.argmax(row))],
+                           *[f'{v:.6f}' for v in row]])
+        f.flush()
+
+
+def _chunks(iterator, n):
+  chunk = []
+  for item in iterator:
+    chunk.append(item)
+    if len(chunk) == n:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
 
 
 def _cross_entropy(logits, batch):

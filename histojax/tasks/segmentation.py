@@ -6,30 +6,32 @@ with `histojax.inference.sliding_window`, one image at a time, so every pixel of
 is scored exactly once whatever the image sizes.
 """
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from PIL import Image
 
-from histojax import inference, sharding
+from histojax import inference, models, plots, sharding
 from histojax.data import augment, resample
 from histojax.metrics import objects
 from histojax.metrics import detection as detection_lib
 from histojax.metrics import segmentation as seg_metrics
+from histojax.tasks import base
 
 
-class SegmentationTask:
+class SegmentationTask(base.Task):
   curve_metrics = ('loss', 'dice')
+  helpers = ('predict_image', 'postprocess_labels')
 
   def __init__(self, config, info):
-    self.num_classes = info['num_classes']  # including background
-    self.class_names = info.get('class_names') or [str(i) for i in range(self.num_classes)]
+    super().__init__(config, info)          # num_classes includes background
     self.binary = self.num_classes == 2     # one logit per pixel, sigmoid
-    self.out_channels = 1 if self.binary else self.num_classes
-    self.mean = jnp.asarray(config.data.get('mean', (0.5, 0.5, 0.5)), jnp.float32)
-    self.std = jnp.asarray(config.data.get('std', (0.25, 0.25, 0.25)), jnp.float32)
-    self.loss_name = config.get('loss', 'bce+dice' if self.binary else 'ce+dice')
+    self.mean = jnp.asarray(config.data.mean, jnp.float32)
+    self.std = jnp.asarray(config.data.std, jnp.float32)
+    self.loss_name = config.loss or ('bce+dice' if self.binary else 'ce+dice')
     self.loss_terms = set(self.loss_name.split('+'))
     known = {'bce', 'dice'} if self.binary else {'ce', 'dice'}
     if not self.loss_terms <= known:
@@ -39,46 +41,52 @@ class SegmentationTask:
     # Soft Dice per image, or over the whole global batch (nnU-Net's batch Dice, MONAI
     # batch=True): per image, a class absent from a crop pushes its probabilities to 0
     # everywhere, which can collapse rare classes to background.
-    self.dice_over = config.get('dice_over', 'image')
+    self.dice_over = config.dice_over
     if self.dice_over not in ('image', 'batch'):
       raise ValueError(f"dice_over must be 'image' or 'batch', got {self.dice_over!r} "
                        '(config key: dice_over).')
-    weights = tuple(config.get('class_weights') or ())
+    weights = tuple(config.class_weights or ())
     if weights and len(weights) != self.num_classes:
       raise ValueError(f'class_weights has {len(weights)} entries; give one per class, '
                        f'background first ({self.num_classes}: {", ".join(self.class_names)}) '
                        '(config key: class_weights).')
     self.class_weights = jnp.asarray(weights, jnp.float32) if weights else None
-    params = dict(config.data.get('augment') or {})
+    params = dict(config.data.augment or {})
     params['crop_size'] = config.data.crop_size
     # Working resolution: images and masks downsampled for training and prediction,
     # probabilities upsampled back, metrics on the original masks (histojax/data/resample.py).
-    self.scale = resample.check_scale(config.data.get('scale', 1.0))
+    self.scale = resample.check_scale(config.data.scale)
     self.train_transform = functools.partial(_crop_example, params=params, seed=config.seed,
                                              binary=self.binary, scale=self.scale)
     self.window = tuple(config.inference.window)
     self.overlap = config.inference.overlap
     self.blend = config.inference.blend
     self.window_batch = config.inference.window_batch
-    self.tta = config.inference.get('tta', 'none')
-    self.ignore_empty = config.get('ignore_empty', True)
+    self.tta = config.inference.tta
+    self.ignore_empty = config.ignore_empty
     self.object_metrics = bool(info.get('instance_masks'))
-    # Predicted components smaller than this (px) are not objects (GlaS object metrics only).
-    # With candidates, the final report picks the one with the best val object F1 first.
-    self.object_min_size = int(config.get('object_min_size', 0))
-    self.min_size_candidates = sorted({self.object_min_size,
-                                       *map(int, config.get('object_min_size_candidates') or ())})
-    self.min_size_note = None
     self.detection = bool(info.get('points'))
-    self.detection_radius = config.get('detection_radius', 6.0)
-    # Nucleus centres: 0 = blob centroids; d > 0 = distance-map maxima >= d px apart (splits
-    # touching nuclei; binary masks only). With candidates, chosen on val detection F1 first.
-    self.detection_split = int(config.get('detection_split', 0))
-    self.split_candidates = sorted({self.detection_split,
-                                    *map(int, config.get('detection_split_candidates') or ())})
-    self.split_note = None
-    self.panels = config.get('report_panels', 4)
+    self.detection_radius = config.detection_radius
+    # Post-processing, with candidates chosen on val (select_on_val): GlaS object_min_size
+    # (predicted components smaller than it are not objects; object metrics only) and nucleus
+    # detection_split (0 = blob centroids; d > 0 = distance-map maxima >= d px apart, which
+    # splits touching nuclei; binary masks only).
+    self.postprocess = {}
+    if self.object_metrics:
+      self.postprocess['object_min_size'] = int(config.object_min_size)
+    if self.detection and self.binary:
+      self.postprocess['detection_split'] = int(config.detection_split)
+    self.candidates = {
+        'object_min_size': sorted({int(config.object_min_size),
+                                   *map(int, config.object_min_size_candidates or ())}),
+        'detection_split': sorted({int(config.detection_split),
+                                   *map(int, config.detection_split_candidates or ())})}
+    self.panels = config.report_panels
     self._predict_cache = {}
+
+  @property
+  def out_channels(self):
+    return 1 if self.binary else self.num_classes
 
   # ------------------------------------------------------------------------ training
   def inputs(self, batch, rng, train):
@@ -138,9 +146,7 @@ class SegmentationTask:
     key = (id(model), id(mesh))
     if key not in self._predict_cache:
       def predict(state, windows):
-        x = self.inputs({'image': windows}, None, False)
-        logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                             train=False)
+        logits = models.apply(model, state, self.inputs({'image': windows}, None, False))
         if self.binary:
           p = jax.nn.sigmoid(logits)
           return jnp.concatenate([1 - p, p], axis=-1)
@@ -160,10 +166,12 @@ class SegmentationTask:
     probs = resample.probabilities(probs, image.shape[:2])
     return probs, np.argmax(probs, -1).astype(np.int32)
 
-  def evaluate(self, model, state, source, *, mesh, process_index=0, process_count=1):
+  def evaluate(self, model, state, source, *, mesh, postprocess=None, process_index=0,
+               process_count=1):
     """Scores every image of `source` once. With several hosts every host scores all images
     (replicated params, local windows), so results agree without a gather."""
     del process_index
+    settings = dict(self.postprocess if postprocess is None else postprocess)
     if process_count > 1:  # each host scores every image on its own devices
       mesh = jax.make_mesh((jax.local_device_count(),), ('data',), devices=jax.local_devices(),
                            axis_types=(jax.sharding.AxisType.Auto,))
@@ -172,11 +180,11 @@ class SegmentationTask:
     pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
                                              ignore_empty=self.ignore_empty)
     glas = objects.GlaSMetrics() if self.object_metrics else None
-    # Kept for select_on_val, so that only the final report scores every candidate size.
-    object_pairs = [] if glas is not None and len(self.min_size_candidates) > 1 else None
     detection = detection_lib.DetectionMetrics() if self.detection else None
-    split_pairs = [] if detection is not None and self.binary and len(
-        self.split_candidates) > 1 else None
+    # Kept for select_on_val, so that only the final report scores every candidate.
+    choose = {k: len(self.candidates[k]) > 1 and k in settings for k in self.candidates}
+    object_pairs = [] if choose['object_min_size'] else None
+    split_pairs = [] if choose['detection_split'] else None
     panels = []
     for i in range(len(source)):
       example = source[i]
@@ -185,7 +193,7 @@ class SegmentationTask:
       true = (gt > 0).astype(np.int32) if self.binary else gt
       pixels.update(seg_metrics.pixel_stats(pred[None], true[None], None, self.num_classes))
       if glas is not None:
-        glas.update(objects.label_objects(pred > 0, min_size=self.object_min_size), gt)
+        glas.update(objects.label_objects(pred > 0, min_size=settings['object_min_size']), gt)
         if object_pairs is not None:
           object_pairs.append((pred > 0, gt.astype(np.min_scalar_type(gt.max(initial=0)))))
       if detection is not None:
@@ -193,7 +201,7 @@ class SegmentationTask:
         labels = np.asarray(example['point_labels']) + 1
         if self.binary:
           detection.update(detection_lib.detection_f1(
-              detection_lib.nucleus_centres(pred > 0, self.detection_split), points,
+              detection_lib.nucleus_centres(pred > 0, settings['detection_split']), points,
               self.detection_radius))
           if split_pairs is not None:
             split_pairs.append((pred > 0, points))
@@ -205,7 +213,7 @@ class SegmentationTask:
         panels.append((np.asarray(example['image']), true, pred))
     details = {'pixels': pixels, 'glas': glas, 'object_pairs': object_pairs,
                'detection': detection, 'split_pairs': split_pairs, 'panels': panels}
-    return self._scalars(details), details
+    return base.EvalResult(self._scalars(details), details, self._images(panels), settings)
 
   def _scalars(self, details):
     pixels = details['pixels']
@@ -224,46 +232,49 @@ class SegmentationTask:
         out[f'detection_f1_{self.class_names[c + 1]}'] = float(f1)
     return {k: float(v) for k, v in out.items()}
 
-  def select_on_val(self, val_result):
+  def _images(self, panels, n=2):
+    """TensorBoard: image | ground truth | prediction strips of the first images."""
+    out = {}
+    for i, (image, true, pred) in enumerate(panels[:n]):
+      scale = 255 // max(self.num_classes - 1, 1)
+      grey = lambda m: np.repeat((m * scale).astype(np.uint8)[..., None], 3, -1)
+      out[f'val_prediction/{i}'] = np.concatenate([image, grey(true), grey(pred)], axis=1)
+    return out
+
+  def select_on_val(self, val):
     """Chooses the post-processing among its candidates on val, for the test parts scored
     after it: GlaS object_min_size by val object F1, nucleus detection_split by val detection
-    F1 (ties: the smaller); returns the val result rescored with the choices."""
-    _, details = val_result
+    F1 (ties: the smaller). Returns the val result rescored with the choice."""
+    details, settings, notes = dict(val.details), dict(val.postprocess), []
     if details.get('object_pairs'):
       by_size = {}
-      for min_size in self.min_size_candidates:
+      for min_size in self.candidates['object_min_size']:
         by_size[min_size] = objects.GlaSMetrics()
         for pred, gt in details['object_pairs']:
           by_size[min_size].update(objects.label_objects(pred, min_size=min_size), gt)
       f1 = {m: g.compute()['f1'] for m, g in by_size.items()}
-      self.object_min_size = max(f1, key=lambda m: (f1[m], -m))
-      details = dict(details, glas=by_size[self.object_min_size])
-      self.min_size_note = (
-          f'Object post-processing chosen on val: predicted components < '
-          f'{self.object_min_size} px dropped before the object metrics (val object F1 by '
-          f'candidate: {", ".join(f"{m}: {v:.3f}" for m, v in f1.items())}). Pixel metrics '
-          'use the raw mask.')
+      chosen = settings['object_min_size'] = max(f1, key=lambda m: (f1[m], -m))
+      details['glas'] = by_size[chosen]
+      notes.append(
+          f'Object post-processing chosen on val: predicted components < {chosen} px dropped '
+          'before the object metrics (val object F1 by candidate: '
+          f'{", ".join(f"{m}: {v:.3f}" for m, v in f1.items())}). Pixel metrics use the raw '
+          'mask.')
     if details.get('split_pairs'):
       by_split = {}
-      for d in self.split_candidates:
+      for d in self.candidates['detection_split']:
         by_split[d] = detection_lib.DetectionMetrics()
         for binary, points in details['split_pairs']:
           by_split[d].update(detection_lib.detection_f1(
               detection_lib.nucleus_centres(binary, d), points, self.detection_radius))
       f1 = {d: m.compute()['f1'] for d, m in by_split.items()}
-      self.detection_split = max(f1, key=lambda d: (f1[d], -d))
-      details = dict(details, detection=by_split[self.detection_split])
-      self.split_note = (
-          f'Nucleus centres chosen on val: detection_split={self.detection_split} (val '
-          f'detection F1 by candidate: {", ".join(f"{d}: {v:.3f}" for d, v in f1.items())}; '
-          '0 = blob centroids, d = distance-map maxima at least d px apart).')
-    return self._scalars(details), details
-
-  def postprocess_settings(self):
-    settings = {'object_min_size': self.object_min_size} if self.object_metrics else {}
-    if self.detection and self.binary:
-      settings['detection_split'] = self.detection_split
-    return settings
+      chosen = settings['detection_split'] = max(f1, key=lambda d: (f1[d], -d))
+      details['detection'] = by_split[chosen]
+      notes.append(
+          f'Nucleus centres chosen on val: detection_split={chosen} (val detection F1 by '
+          f'candidate: {", ".join(f"{d}: {v:.3f}" for d, v in f1.items())}; 0 = blob '
+          'centroids, d = distance-map maxima at least d px apart).')
+    return base.EvalResult(self._scalars(details), details, val.images, settings, notes)
 
   def postprocess_labels(self, labels, settings):
     """--mode=predict: the post-processing chosen on val (GlaS: drop small components)."""
@@ -272,27 +283,34 @@ class SegmentationTask:
       return labels
     return np.where(objects.label_objects(labels > 0, min_size=min_size) > 0, labels, 0)
 
-  def tensorboard_images(self, details, n=2):
-    """image | ground truth | prediction strips of the first validation images."""
-    out = {}
-    for i, (image, true, pred) in enumerate(details['panels'][:n]):
-      scale = 255 // max(self.num_classes - 1, 1)
-      grey = lambda m: np.repeat((m * scale).astype(np.uint8)[..., None], 3, -1)
-      out[f'val_prediction/{i}'] = np.concatenate([image, grey(true), grey(pred)], axis=1)
-    return out
-
   def pool_tests(self, results):
     """Pixel metrics pooled over several test parts (GlaS testA + testB)."""
     pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
                                              ignore_empty=self.ignore_empty)
-    for _, details in results:
-      pixels.merge(details['pixels'])
+    for result in results:
+      pixels.merge(result.details['pixels'])
     details = {'pixels': pixels, 'glas': None, 'detection': None, 'panels': []}
-    return self._scalars(details), details
+    return base.EvalResult(self._scalars(details), details, {}, results[0].postprocess)
+
+  # ------------------------------------------------------------------------- predict
+  def predict(self, model, variables, mesh, inputs, output_dir, postprocess):
+    """DIR/<stem>_mask.png (label values; binary masks as 0/255) and DIR/<stem>_overlay.png
+    for every image, any size: sliding window, the run's TTA, the post-processing chosen on val.
+    """
+    output_dir = pathlib.Path(output_dir)
+    for _, stem, image in inputs:
+      _, labels = self.predict_image(model, variables, mesh, image)
+      labels = self.postprocess_labels(labels, postprocess)
+      scale = 255 if self.binary else 1
+      Image.fromarray((labels * scale).astype(np.uint8)).save(output_dir / f'{stem}_mask.png')
+      overlay = image.copy()
+      overlay[labels > 0] = (0.5 * overlay[labels > 0] + [127, 0, 0]).astype(np.uint8)
+      Image.fromarray(overlay).save(output_dir / f'{stem}_overlay.png')
 
   # -------------------------------------------------------------------------- report
   def report_sections(self, workdir, results, info):
-    from histojax import report  # pylint: disable=g-import-not-at-top
+    settings = next(iter(results.values())).postprocess
+    notes = results['val'].notes if 'val' in results else []
     tta = ('' if self.tta == 'none' else
            f'; test-time augmentation "{self.tta}": probabilities averaged over the views')
     empty_rule = ('skipped' if self.ignore_empty else
@@ -316,23 +334,21 @@ class SegmentationTask:
                 'connected components of binary masks (the dataset notes above say which); then '
                 'touching glands merge and the numbers are not directly comparable with '
                 'published instance-level ones.']
-      if self.min_size_note:
-        lines.append(f'- {self.min_size_note}')
     if self.detection:
-      centres = ('predicted blob centroids' if not (self.binary and self.detection_split) else
-                 f'predicted nucleus centres (distance-map maxima >= {self.detection_split} px '
-                 'apart)')
+      split = settings.get('detection_split', 0)
+      centres = ('predicted blob centroids' if not split else
+                 f'predicted nucleus centres (distance-map maxima >= {split} px apart)')
       lines += [f'- `detection_*`: {centres} matched one-to-one to annotated nucleus centres '
                 f'within {self.detection_radius} px.']
-      if self.split_note:
-        lines.append(f'- {self.split_note}')
+    lines += [f'- {note}' for note in notes]
     lines.append('')
-    for part, (_, details) in results.items():
+    for part, result in results.items():
+      details = result.details
       if part == 'val' or not details['panels']:
         continue
-      png = report.plot_segmentation_panels(workdir, details['panels'], f'panels_{part}.png')
+      png = plots.segmentation_panels(workdir, details['panels'], f'panels_{part}.png')
       cm = details['pixels'].compute()['confusion']
-      cm_png = report.plot_confusion(workdir, cm, self.class_names, f'confusion_{part}.png')
+      cm_png = plots.confusion(workdir, cm, self.class_names, f'confusion_{part}.png')
       lines += [f'## {part}', '', f'![panels]({png.relative_to(workdir)})', '',
                 f'![confusion]({cm_png.relative_to(workdir)})', '',
                 'Pixel confusion matrix (rows: true, columns: predicted):', '', '```',

@@ -151,7 +151,7 @@ def class_folders(root, classes=None, verify: bool = False,
                   skip_bad: bool = False) -> tuple[common.RecordList, list[str]]:
   """Images sorted into one sub-folder per class -> (records, class names).
 
-  classes: which sub-folders to use, in label order (the seed's A+B out of A, B, C, D); all
+  classes: which sub-folders to use, in label order (the original project's A+B out of A, B, C, D); all
   sub-folders, sorted, when None.
   """
   root = _folder(root, '')
@@ -221,14 +221,12 @@ def _resolve(image_dir: pathlib.Path, filename: str, csv_path) -> pathlib.Path:
   return found
 
 
-def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = False,
-               skip_bad: bool = False, channels: int = 3
-               ) -> tuple[common.RecordList, common.RecordList, list[str]]:
-  """A `filename,label` CSV + image folder -> (labelled records, test records, class names).
+def csv_labels(csv_path, image_dir, classes=None, verify: bool = False, skip_bad: bool = False,
+               channels: int = 3) -> tuple[common.RecordList, list[str]]:
+  """A `filename,label` CSV + image folder -> (labelled records, class names).
 
   Filenames may omit the extension. Labels are class names (sorted into indices, or checked
-  against `classes`, config key data.classes). `test_dir` holds unlabelled images (label -1);
-  empty list when None.
+  against `classes`, config key data.classes).
   """
   csv_path = pathlib.Path(csv_path)
   image_dir = _folder(image_dir, '')
@@ -247,10 +245,4 @@ def csv_labels(csv_path, image_dir, test_dir=None, classes=None, verify: bool = 
     return ClassRecord(path.stem, path, names.index(label), label)
 
   items = bad.finish([r for r in (bad.run(one, f, l) for _, f, l in rows) if r is not None])
-  tests = common.RecordList()
-  if test_dir is not None:
-    test_dir = _folder(test_dir, '')
-    bad_test = common.BadItems(skip_bad, f'unlabelled images {test_dir}')
-    tests = bad_test.finish([ClassRecord(p.stem, p, -1, '') for p in common.list_images(test_dir)
-                             if bad_test.run(_check_image, p, verify, channels) is not None])
-  return items, tests, names
+  return items, names

@@ -127,7 +127,7 @@ def records(split=None, root=None, skip_bad: bool = False) -> common.RecordList:
   items = [r for r in items if r is not None]
   if not items and not bad.messages:
     raise paths.DataError(f'No GlaS images (train_N / testA_N / testB_N .bmp|png) in {folder}.')
-  return bad.finish(items, test_overlap_notes(items))
+  return bad.finish(items, shared_patient_notes(items))
 
 
 def load_image(record: GlasRecord) -> np.ndarray:
@@ -162,7 +162,7 @@ def load_mask(record: GlasRecord, instances: bool = True) -> np.ndarray:
   return mask.astype(np.int32)
 
 
-def test_overlap_notes(items) -> list[str]:
+def shared_patient_notes(items) -> list[str]:
   """Notes on patients shared between the official train and test splits of `items`."""
   by_split = {s: {r.patient for r in items if r.split == s} for s in SPLITS}
   shared = by_split['train'] & (by_split['testA'] | by_split['testB'])
@@ -187,4 +187,4 @@ def dataset_notes(items=None) -> list[str]:
                  '(object Dice, object Hausdorff) are not comparable with published numbers.')
   else:
     notes.append('GlaS masks are instance-labelled (one integer per gland), as released.')
-  return notes + test_overlap_notes(items)
+  return notes + shared_patient_notes(items)
