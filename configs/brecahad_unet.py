@@ -1,5 +1,6 @@
 r"""Nucleus segmentation on the BreCaHAD release layout (images/ + groundTruth/*.json with
-normalised point annotations): the original project's workflow, disc masks around the nuclei, U-Net, BCE.
+normalised point annotations): the original project's workflow, disc masks around the nuclei,
+U-Net, BCE.
 
 Command:  python launch.py --config=configs/brecahad_unet.py --workdir=workdirs/brecahad
           (data in $HISTOJAX_DATA/brecahad, or --config.data.root=DIR)
@@ -10,7 +11,8 @@ Smoke:    python launch.py --config=configs/brecahad_unet.py:smoke --workdir=/tm
 
 Nuclei: the nuclear categories only (tubule/non_tubule points are not nuclei); split by case.
 BreCaHAD is not available here: this config is smoke-tested on a fixture written in its format
-only. Expected: original project's pixel Dice 0.5645 (binary nuclei, the default); untested on the release.
+only. Expected: original project's pixel Dice 0.5645 (binary nuclei, the default); untested on the
+release.
 Time: as crchisto_nuclei_unet per image (162 images of 1360x1024: ~3x the pixels).
 """
 from configs import common, crchisto_nuclei_unet

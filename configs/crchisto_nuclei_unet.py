@@ -1,9 +1,10 @@
-r"""Nucleus segmentation from point annotations (discs) on CRCHistoPhenotypes: the original project's
-BreCaHAD workflow (U-Net, BCE-with-logits, Adam, batch 8, checkpoint every epoch, best model).
+r"""Nucleus segmentation from point annotations (discs) on CRCHistoPhenotypes: the original
+project's BreCaHAD workflow (U-Net, BCE-with-logits, Adam, batch 8, checkpoint every epoch, best model).
 
 Command:  python launch.py --config=configs/crchisto_nuclei_unet.py --workdir=workdirs/nuclei
 Types:    python launch.py --config=configs/crchisto_types_unet.py --workdir=workdirs/types
-CPU:      python launch.py --config=configs/crchisto_nuclei_unet.py:cpu --workdir=workdirs/nuclei_cpu
+CPU:      python launch.py --config=configs/crchisto_nuclei_unet.py:cpu \
+            --workdir=workdirs/nuclei_cpu
           (2 CPU cores, <= 1.5 core-hours: U-Net 16→256, 128 px crops, 5,000 steps, best
           checkpoint by val detection F1, flip TTA, nucleus centres split on val. Measured:
           test detection F1 0.826 in 4,316 CPU-s = 1.20 core-hours, about 62 min wall; bar 0.80)
@@ -13,7 +14,8 @@ Masks: a disc of radius 5 px around every annotated nucleus centre (29,830 uniqu
 100 images of 500x500); split by image 70/10/20. Reports pooled pixel Dice and detection
 precision/recall/F1 (predicted centres matched to annotated centres within 6 px; centres are
 blob centroids, or distance-map maxima that split touching nuclei, chosen on val).
-Expected: original project's Dice 0.5645 (BreCaHAD). Measured here with a narrow U-Net, 400 CPU steps: test
+Expected: original project's Dice 0.5645 (BreCaHAD). Measured here with a narrow U-Net, 400 CPU
+steps: test
 pixel Dice 0.551, detection F1 0.638 (BENCHMARKS.md); the full config has not been run yet.
 Time: 40 epochs x 70 steps; minutes on one GPU, hours on 2 CPU cores.
 """

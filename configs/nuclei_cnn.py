@@ -1,17 +1,21 @@
 r"""Nucleus classification (epithelial, inflammatory, fibroblast, others) from 100x100
-nucleus-centred crops of CRCHistoPhenotypes with a small CNN (original project: custom CNN 0.921 accuracy
+nucleus-centred crops of CRCHistoPhenotypes with a small CNN (original project: custom CNN 0.921
+accuracy
 on its Kaggle data; different data and protocol).
 
 Command:  python launch.py --config=configs/nuclei_cnn.py --workdir=workdirs/nuclei_cnn
-The original project's Kaggle layout (train.csv = filename,label; train/ = 100x100 patches; gray if grayscale):
+The original project's Kaggle layout (train.csv = filename,label; train/ = 100x100 patches; gray if
+grayscale):
           python launch.py --config=configs/nuclei_cnn.py:csv=train.csv,images=train[,gray] ...
           (add classes=A+B+C to refuse any other label in the CSV: typos are not new classes)
           python launch.py --mode=predict --workdir=W --input=test/ --output=OUT
-          (OUT/predictions.csv: filename,label,p_<class>..., the original project's submission format)
+          (OUT/predictions.csv: filename,label,p_<class>..., the original project's submission
+          format)
 Smoke:    python launch.py --config=configs/nuclei_cnn.py:smoke --workdir=/tmp/nc
 
 22,444 typed nuclei; split by source image 70/10/20 (no image in two splits), stratified by
-class. Explicit L2 on kernels and biases (the original project's kernel_/bias_regularizer) as a loss term.
+class. Explicit L2 on kernels and biases (the original project's kernel_/bias_regularizer) as a
+loss term.
 Report: accuracy, balanced accuracy, macro/weighted F1, per-class P/R/F1, confusion matrix,
 predicted vs true class distribution, majority baseline with a bias check.
 Expected: weighted F1 below the ResNet18's (a plain ResNet18: 0.800). Measured here: 100 CPU
@@ -23,7 +27,8 @@ from histojax.data import augment
 
 
 def use_label_csv(c, csv, images, gray, classes=''):
-  """The original project's Kaggle layout: equal-size patches in `images`, labels in a filename,label CSV;
+  """The original project's Kaggle layout: equal-size patches in `images`, labels in a
+  filename,label CSV;
   `classes` ('A+B+C'): the only labels allowed, in label order (else inferred and logged)."""
   c.dataset = 'csv_patches'
   c.data.csv, c.data.images = csv, images

@@ -7,7 +7,8 @@ DIR/<stem>_overlay.png for every image, any size (sliding window, the run's test
 augmentation, and the post-processing its final report chose on val: W/postprocess.json).
 Two inputs with one stem (a.png, a.tif) write a_png_*.png and a_tif_*.png.
 Classification: DIR/predictions.csv with `filename,label` and one probability column per class
-(the original project's Kaggle submission format); `filename` as the CSV lists it, else the file name.
+(the original project's Kaggle submission format); `filename` as the CSV lists it, else the file
+name.
 A CSV input lists images in its first column (header `filename` or none), relative to the
 CSV's folder. Images must have the training patch size (no silent resizing: it would change
 the magnification); channels are converted (RGB <-> grayscale).

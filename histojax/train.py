@@ -2,8 +2,8 @@
 jitted steps → restore → loop (log, eval, checkpoint, early stop) → final report.
 
 Tasks differ only by config and by their task object (histojax/tasks/base.py: inputs, loss,
-metrics, evaluation, report sections). Data parallel: the batch is sharded over the mesh axis "data", the state is
-replicated, and jit inserts the gradient all-reduce.
+metrics, evaluation, report sections). Data parallel: the batch is sharded over the mesh axis
+"data", the state is replicated, and jit inserts the gradient all-reduce.
 """
 import json
 import logging

@@ -41,6 +41,14 @@ class Splits:
   info: dict  # {'num_classes': int, 'class_names': [...], 'notes': [...], ...}
 
 
+def _carved(parts, class_names, notes, **info) -> Splits:
+  """The Splits of a dataset whose train/val/test were carved by build.split_by_group; `info`
+  adds the task hints (instance_masks, points, num_images)."""
+  info = {'num_classes': len(class_names), 'class_names': list(class_names), 'notes': notes,
+          **info}
+  return Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+
+
 # ----------------------------------------------------------------------------- segmentation
 
 
@@ -138,9 +146,7 @@ def _points_seg(config):
   if untyped:
     notes.append('Nuclei without a type label are drawn as "ignore": they count in neither '
                  'the loss nor the pixel metrics (only typed nuclei are scored).')
-  info = {'num_classes': len(names), 'class_names': names, 'notes': notes,
-          'instance_masks': False, 'points': True}
-  return Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+  return _carved(parts, names, notes, instance_masks=False, points=True)
 
 
 def _folder_seg(config):
@@ -169,8 +175,7 @@ def _folder_seg(config):
       f'Skipped bad input: {s}' for s in records.skipped]
   parts = build.split_by_group(stored['examples'], [r.name for r in records], None, config, notes)
   names = ['background', *[f'class{i}' for i in range(1, k)]]
-  info = {'num_classes': k, 'class_names': names, 'notes': notes, 'instance_masks': False}
-  return Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+  return _carved(parts, names, notes, instance_masks=False)
 
 
 # --------------------------------------------------------------------------- classification
@@ -201,8 +206,7 @@ def _crchisto_patches(config):
       'at image borders); split by source image.'] + [
           f'Skipped bad input: {s}' for s in records.skipped]
   parts = build.split_by_group(stored['examples'], groups, labels, config, notes)
-  info = {'num_classes': 4, 'class_names': list(crchisto.CLASSES), 'notes': notes}
-  return Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+  return _carved(parts, list(crchisto.CLASSES), notes)
 
 
 def _csv_patches(config):
@@ -242,8 +246,7 @@ def _csv_patches(config):
            'can sit in train and test, and val/test scores may be optimistic.'] + [
                f'Skipped bad input: {s}' for s in records.skipped]
   parts = build.split_by_group(stored['examples'], groups, labels, config, notes)
-  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes}
-  return Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+  return _carved(parts, class_names, notes)
 
 
 def _tiles(config):
@@ -302,9 +305,7 @@ def _tiles(config):
   image_id = np.array([image_index[m[0]] for m in tiles_meta], np.int32)
   parts = build.split_by_group(stored['examples'], groups, labels, config, notes,
                                fields={'image_id': image_id})
-  info = {'num_classes': len(class_names), 'class_names': class_names, 'notes': notes,
-          'num_images': len(images)}
-  return Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
+  return _carved(parts, class_names, notes, num_images=len(images))
 
 
 BUILDERS = {

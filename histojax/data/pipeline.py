@@ -1,5 +1,5 @@
-"""Splits (histojax/data/datasets.py) → a grain training stream (host augmentation, per-host rows, resumable) and
-exact, padded evaluation batches."""
+"""Splits (histojax/data/datasets.py) → a grain training stream (host augmentation, per-host
+rows, resumable) and exact, padded evaluation batches."""
 import functools
 import os
 import signal

@@ -39,7 +39,8 @@ def group_split(groups, labels=None, fractions=None, seed: int = 0,
 
   groups: one hashable key per item. labels: optional class per item; groups are stratified by
   their majority label (ties to the smallest label). fractions: {name: fraction} or a
-  sequence for (train, val, test), met by item count as closely as whole groups allow. Same inputs and seed -> same split, whatever the item order.
+  sequence for (train, val, test), met by item count as closely as whole groups allow. Same inputs
+  and seed -> same split, whatever the item order.
   Returns {name: sorted int64 item indices}.
   """
   fractions = _fractions(fractions)

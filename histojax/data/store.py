@@ -34,7 +34,8 @@ def fingerprint_files(files):
   """Identity of input files: name, size and sha256 of the content, per file.
 
   Content, not size and mtime: an edited mask or a swapped label keeps its size, a copy may
-  keep its mtime, and a copy that does not should not rebuild anything. Hashing is cheap next to a build: GlaS + CRCHisto (937 files,
+  keep its mtime, and a copy that does not should not rebuild anything. Hashing is cheap next to a
+  build: GlaS + CRCHisto (937 files,
   171 MiB) take ~0.15-0.3 s on one core.
   """
   start, out = time.perf_counter(), []

@@ -246,7 +246,8 @@ class ClassificationTask(base.Task):
     return shape[-1], tuple(shape[:2])
 
   def predict(self, model, variables, mesh, inputs, output_dir, postprocess):
-    """DIR/predictions.csv: `filename,label` and one probability column per class (the original project's
+    """DIR/predictions.csv: `filename,label` and one probability column per class (the original
+    project's
     Kaggle submission format), written batch by batch (a crash keeps the rows so far)."""
     del postprocess
     @jax.jit
