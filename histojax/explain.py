@@ -1,17 +1,14 @@
-"""Attribution maps for a classifier: occlusion and integrated gradients, plus a PNG overlay.
+"""Attribution maps for a classifier: occlusion and integrated gradients (figures:
+histojax/plots.py attribution_overlay).
 
 `apply_fn` maps normalised float32 images [N, H, W, C] to logits [N, K], with the parameters
 already bound (e.g. functools.partial(model.apply, variables)). Compiled programs are cached
 on the identity of `apply_fn`, so reuse one object across images to compile once.
 """
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from histojax import inference
@@ -119,37 +116,3 @@ def completeness(apply_fn, image, target, attributions, baseline=None):
   delta = float(logits[0] - logits[1])
   total = float(np.sum(attributions))
   return total, delta, abs(total - delta) / max(abs(delta), 1e-12)
-
-
-def overlay_png(image_uint8, heatmap, path, title, alpha=0.5):
-  """Writes the image and the image under a semi-transparent heatmap side by side.
-
-  heatmap is [H, W], or [H, W, C] (summed over channels, as for IG). A signed map uses a
-  diverging colormap centred on 0 (red: for the target, blue: against); a non-negative one
-  uses a sequential colormap. Returns the path.
-  """
-  image = np.asarray(image_uint8)
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  heat = np.asarray(heatmap, np.float64)
-  if heat.ndim == 3:
-    heat = heat.sum(-1)
-  lim = float(np.abs(heat).max()) or 1.0
-  # Float noise around 0 should not switch a non-negative map to the diverging colormap.
-  if heat.min() < -1e-3 * lim:
-    cmap, vmin, vmax = 'bwr', -lim, lim
-  else:
-    cmap, vmin, vmax = 'inferno', 0.0, lim
-  fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
-  for ax in axes:
-    ax.imshow(image, cmap='gray' if image.ndim == 2 else None)
-    ax.axis('off')
-  shown = axes[1].imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
-  fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path

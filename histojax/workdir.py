@@ -134,12 +134,10 @@ def accept_config(workdir, config, mode, has_checkpoint=True):
   """The config this run uses. Refuses (before anything is written) shaping changes against
   W/config.json; logs resumable ones (train) or keeps the saved values (eval/predict). Before
   the first checkpoint (e.g. a start that ran out of memory) any change is accepted."""
-  path = pathlib.Path(workdir) / 'config.json'
-  if not path.exists():
+  saved = saved_config(workdir)  # over today's defaults: keys it lacks took them then
+  if saved is None:
     return config
-  saved = read_json(path, 'config')
-  from configs import common  # pylint: disable=g-import-not-at-top
-  diff = changes(saved, config.to_dict(), common.base_config().to_dict())
+  diff = changes(saved.to_dict(), config.to_dict())
   if mode == 'train' and not has_checkpoint:
     for k, (a, b) in diff.items():
       logging.info('Config change (no checkpoint saved yet): %s %r -> %r.', k, a, b)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from histojax import explain
+from histojax import explain, plots
 
 SIZE = 48
 REGION = (slice(20, 28), slice(20, 28))
@@ -105,12 +105,12 @@ def test_overlay_png(tmp_path, channels):
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (SIZE, SIZE, channels), dtype=np.uint8)
   heat = explain.occlusion(region_logits, np.ones((SIZE, SIZE, 3), np.float32), 1)
-  path = explain.overlay_png(image, heat, tmp_path / 'sub' / 'occ.png',
+  path = plots.attribution_overlay(image, heat, tmp_path / 'sub' / 'occ.png',
                              'predicted: tumour / true: tumour')
   _check_figure(path)
   # Signed [H, W, C] attributions are summed over channels.
   signed = rng.normal(size=(SIZE, SIZE, 3))
-  _check_figure(explain.overlay_png(image, signed, tmp_path / 'ig.png', 'ig'))
+  _check_figure(plots.attribution_overlay(image, signed, tmp_path / 'ig.png', 'ig'))
 
 
 def _check_figure(path):

@@ -239,14 +239,14 @@ def test_dot_files_are_ignored_in_every_listing(tmp_path):
   root = _seg_folder(tmp_path / 'seg', n=2)
   _macos_litter(root / 'images')
   _macos_litter(root / 'masks')
-  assert [r.name for r in folders.segmentation(root, verify=True)] == ['s0', 's1']
+  assert [r.name for r in folders.segmentation(root)] == ['s0', 's1']
 
   for cls in ('a', 'b'):
     (tmp_path / 'cls' / cls).mkdir(parents=True)
     Image.fromarray(_rgb()).save(tmp_path / 'cls' / cls / 'x.png')
     _macos_litter(tmp_path / 'cls' / cls)
   (tmp_path / 'cls' / '.Trashes').mkdir()
-  records, names = folders.class_folders(tmp_path / 'cls', verify=True)
+  records, names = folders.class_folders(tmp_path / 'cls')
   assert names == ['a', 'b'] and len(records) == 2
 
   _macos_litter(root / 'images')

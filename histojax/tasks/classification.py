@@ -235,7 +235,7 @@ class ClassificationTask(base.Task):
       rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
       for name, attribution in (('occlusion', heat), ('ig', ig)):
         png = pathlib.Path(workdir) / 'plots' / f'explain_{part}_{n}_{name}.png'
-        explain.overlay_png(rgb, attribution, png, f'{name}: {title}')
+        plots.attribution_overlay(rgb, attribution, png, f'{name}: {title}')
         lines += [f'![{name}]({png.relative_to(workdir)})', '']
     return lines
 

@@ -10,8 +10,9 @@
 
 Hidden files and folders (`.DS_Store`, macOS `._*`) are ignored everywhere.
 
-Listing checks each image's header (mode RGB, mask size == image size); `verify=True` also
-decodes every file, so truncated files are caught at listing time (and skipped with skip_bad).
+Listing checks each image's header (mode RGB, mask size == image size); a file that only fails
+to decode is caught when the dataset is built (with data.skip_bad, histojax/data/build.py
+read_records decodes every record first and skips the bad ones).
 """
 import collections
 import csv
@@ -51,21 +52,18 @@ class ClassRecord:
     return self.name
 
 
-def _check_image(path: pathlib.Path, verify: bool, channels: int = 3) -> tuple[int, int]:
-  if verify:
-    return (common.read_gray if channels == 1 else common.read_rgb)(path).shape[:2]
+def _check_image(path: pathlib.Path, channels: int = 3) -> tuple[int, int]:
   hw, mode = common.image_header(path)
   (common.check_gray_mode if channels == 1 else common.check_rgb_mode)(path, mode)
   return hw
 
 
-def _seg_record(image_path, mask_dir, verify) -> SegRecord:
+def _seg_record(image_path, mask_dir) -> SegRecord:
   mask_path = common.find_file(mask_dir, image_path.stem)
   if mask_path is None:
     raise paths.DataError(f'Image {image_path} has no mask {image_path.stem}.<ext> in {mask_dir}.')
-  image_hw = _check_image(image_path, verify)
-  mask_hw = (common.read_label_mask(mask_path).shape if verify
-             else common.image_header(mask_path)[0])
+  image_hw = _check_image(image_path)
+  mask_hw = common.image_header(mask_path)[0]
   common.check_same_size(image_path, mask_path, image_hw, mask_hw)
   return SegRecord(image_path.stem, image_path, mask_path, *image_hw)
 
@@ -77,7 +75,7 @@ def _folder(root, name) -> pathlib.Path:
   return path
 
 
-def segmentation(root, images: str = 'images', masks: str = 'masks', verify: bool = False,
+def segmentation(root, images: str = 'images', masks: str = 'masks',
                  skip_bad: bool = False) -> common.RecordList:
   """Lists image/mask pairs matched by stem; a mask without an image is warned about."""
   image_dir, mask_dir = _folder(root, images), _folder(root, masks)
@@ -89,7 +87,7 @@ def segmentation(root, images: str = 'images', masks: str = 'masks', verify: boo
     raise paths.DataError(f'{image_dir} has two images with the same stem; their masks would '
                           'be ambiguous.')
   bad = common.BadItems(skip_bad, f'segmentation folder {root}')
-  items = [r for r in (bad.run(_seg_record, p, mask_dir, verify) for p in image_paths)
+  items = [r for r in (bad.run(_seg_record, p, mask_dir) for p in image_paths)
            if r is not None]
   orphans = sorted(p.name for p in common.list_images(mask_dir) if p.stem not in set(stems))
   notes = []
@@ -147,8 +145,8 @@ def _csv_classes(rows, classes, csv_path) -> list[str]:
   return names
 
 
-def class_folders(root, classes=None, verify: bool = False,
-                  skip_bad: bool = False) -> tuple[common.RecordList, list[str]]:
+def class_folders(root, classes=None, skip_bad: bool = False
+                  ) -> tuple[common.RecordList, list[str]]:
   """Images sorted into one sub-folder per class -> (records, class names).
 
   classes: which sub-folders to use, in label order (the original project's A+B out of A, B, C, D);
@@ -174,7 +172,7 @@ def class_folders(root, classes=None, verify: bool = False,
       raise paths.DataError(f'Class folder {d} holds no images ({", ".join(common.IMAGE_EXTS)}); '
                             'fill it, remove it, or leave it out of data.classes.')
     for p in images:
-      ok = bad.run(_check_image, p, verify)
+      ok = bad.run(_check_image, p)
       if ok is not None:
         items.append(ClassRecord(p.stem, p, names.index(d.name), d.name))
   if not items and not bad.messages:
@@ -222,7 +220,7 @@ def _resolve(image_dir: pathlib.Path, filename: str, csv_path) -> pathlib.Path:
   return found
 
 
-def csv_labels(csv_path, image_dir, classes=None, verify: bool = False, skip_bad: bool = False,
+def csv_labels(csv_path, image_dir, classes=None, skip_bad: bool = False,
                channels: int = 3) -> tuple[common.RecordList, list[str]]:
   """A `filename,label` CSV + image folder -> (labelled records, class names).
 
@@ -242,7 +240,7 @@ def csv_labels(csv_path, image_dir, classes=None, verify: bool = False, skip_bad
 
   def one(filename, label):
     path = _resolve(image_dir, filename, csv_path)
-    _check_image(path, verify, channels)
+    _check_image(path, channels)
     return ClassRecord(path.stem, path, names.index(label), label)
 
   items = bad.finish([r for r in (bad.run(one, f, l) for _, f, l in rows) if r is not None])
