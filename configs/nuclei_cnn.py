@@ -1,7 +1,6 @@
 r"""Nucleus classification (epithelial, inflammatory, fibroblast, others) from 100x100
 nucleus-centred crops of CRCHistoPhenotypes with a small CNN (original project: custom CNN 0.921
-accuracy
-on its Kaggle data; different data and protocol).
+accuracy on its Kaggle data; different data and protocol).
 
 Command:  python launch.py --config=configs/nuclei_cnn.py --workdir=workdirs/nuclei_cnn
 The original project's Kaggle layout (train.csv = filename,label; train/ = 100x100 patches; gray if

@@ -2,8 +2,7 @@
 
 Retention is decided here, not by orbax: after each save every checkpoint except the newest
 `config.ckpt_keep` and the best one is deleted. The best step comes from the loop state saved in
-every checkpoint,
-so it survives restarts (orbax's preservation policies see a step's metrics only in the process
+every checkpoint, so it survives restarts (orbax's preservation policies see a step's metrics only in the process
 that saved it: after a resume nothing looked protected, and the best checkpoint was deleted).
 Saves are synchronous and go through orbax's temporary-path commit: a killed run never leaves a
 half-written checkpoint, and a failed write (full disk) stops the run at once, naming the cause.

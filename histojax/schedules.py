@@ -22,7 +22,7 @@ def steps(prefix, config, steps_per_epoch, *, default=None):
 
 def learning_rate(config, steps_per_epoch, total_steps):
   s, lr = config.schedule, config.optimizer.lr
-  warmup = int(s.get('warmup_steps') or 0)
+  warmup = int(s.warmup_steps or 0)
   if s.name == 'constant':
     main = optax.constant_schedule(lr)
   elif s.name == 'step':

@@ -347,6 +347,8 @@ def final_report(config, workdir, task, model, state, splits, evaluate, writer, 
     results['val'] = task.select_on_val(evaluate(state, splits.val))
     postprocess = results['val'].postprocess
     writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'].scalars.items()})
+    if is_main:  # before any test part is read; --mode=predict applies the same
+      workdir_lib.write_json_atomic(workdir / 'postprocess.json', postprocess)
   for part, source in splits.tests.items():
     results[part] = evaluate(state, source, postprocess)
     writer.write(final_step, {f'{part}/{k}': v for k, v in results[part].scalars.items()})
@@ -355,9 +357,10 @@ def final_report(config, workdir, task, model, state, splits, evaluate, writer, 
     results['test'] = pooled
     writer.write(final_step, {f'test/{k}': v for k, v in pooled.scalars.items()})
   extra = []
-  if is_main:  # --mode=predict applies the same post-processing
-    workdir_lib.write_json_atomic(workdir / 'postprocess.json',
-                                  next(iter(results.values())).postprocess)
+  if is_main:
+    if 'val' not in results:  # the config's settings, as the test parts were scored
+      workdir_lib.write_json_atomic(workdir / 'postprocess.json',
+                                    next(iter(results.values())).postprocess)
     part = next(iter(splits.tests))
     extra = task.explain(model, state, splits.tests[part], workdir, part)
   totals = cost.scalars('cost')  # the whole run: every start, dataset build, this report

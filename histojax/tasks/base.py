@@ -4,11 +4,14 @@ A task turns batches into model inputs, gives the loss and the train metrics, ev
 whole split (each example counted once), chooses its post-processing on validation data,
 writes its report sections and predicts new inputs. The loop (histojax/train.py) is the same
 for every task; it calls only the members below. Optional behaviour has a default here, so a
-task overrides what it does and a misspelt override fails loudly (abstract members must
-exist, `Task.__init_subclass__` rejects unknown public methods).
+task overrides what it does, and a misspelt override fails when its class is defined:
+abstract members must exist, and `Task.__init_subclass__` rejects public names the contract
+lacks (methods, properties, class attributes; a task lists its own helpers in `helpers`) and
+overrides whose parameters differ from the contract's.
 """
 import abc
 import dataclasses
+import inspect
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -20,7 +23,7 @@ class EvalResult:
 
   scalars: float metrics, written to metrics.jsonl as `<part>/<name>`.
   details: what the task's report sections need (confusion matrices, per-image panels, ...).
-  images: name → uint8 [H, W, 3] pictures for TensorBoard (validation only).
+  images: name → uint8 [H, W, 3] pictures (the loop writes validation's to TensorBoard).
   postprocess: the post-processing settings these scalars were scored with (e.g. GlaS
     `object_min_size`); saved as W/postprocess.json, applied to the test parts and by predict.
   notes: sentences for the report on how the settings were chosen.
@@ -45,6 +48,8 @@ class Task(abc.ABC):
   # Host-side per-example training transform `(example, *, epoch, index) -> example` (random
   # crops, augmentation drawn from the seed, epoch and index), or None.
   train_transform: Callable[..., dict] | None = None
+  # Public names a subclass defines beyond the contract (its own helpers, used by tests).
+  helpers: tuple[str, ...] = ()
 
   def __init__(self, config, info):
     self.config = config
@@ -112,13 +117,17 @@ class Task(abc.ABC):
   # ------------------------------------------------------------------- the contract
   def __init_subclass__(cls, **kwargs):
     super().__init_subclass__(**kwargs)
-    # A public method the loop never calls is most likely a misspelt hook.
-    hooks = {n for n in dir(Task) if not n.startswith('_')}
-    extra = {n for n, v in vars(cls).items()
-             if callable(v) and not n.startswith('_') and n not in hooks}
-    allowed = set(getattr(cls, 'helpers', ()))
-    unknown = sorted(extra - allowed)
+    contract = {n for n in dir(Task) if not n.startswith('_')}
+    unknown = sorted(n for n in vars(cls) if not n.startswith('_')
+                     and n not in contract and n not in cls.helpers)
     if unknown:
       raise TypeError(f'{cls.__name__} defines {unknown}, which the task contract '
                       '(histojax/tasks/base.py) does not have: a misspelt hook? List public '
                       'helpers in the class attribute `helpers`.')
+    for name in contract & set(vars(cls)):
+      mine, theirs = vars(cls)[name], getattr(Task, name)
+      if inspect.isfunction(mine) and inspect.isfunction(theirs):
+        if list(inspect.signature(mine).parameters) != list(inspect.signature(theirs).parameters):
+          raise TypeError(f'{cls.__name__}.{name}{inspect.signature(mine)} does not take the '
+                          f'parameters of Task.{name}{inspect.signature(theirs)} '
+                          '(histojax/tasks/base.py).')

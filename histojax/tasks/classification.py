@@ -120,6 +120,11 @@ class ClassificationTask(base.Task):
 
   def inputs(self, batch, rng, train):
     """uint8 images → centre crop → normalised float32, augmented on device in training."""
+    channels = batch['image'].shape[-1]
+    if {self.mean.shape, self.std.shape} - {(1,), (channels,)}:  # else it broadcasts wrongly
+      raise ValueError(f'data.mean {tuple(self.mean.tolist())} and data.std '
+                       f'{tuple(self.std.tolist())} need one value, or one per input channel '
+                       f'({channels}) (config keys: data.mean, data.std).')
     x = self.crop(batch['image']).astype(jnp.float32) / 255.0
     if train and self.device_augment:
       x = device_augment.random_affine(rng, x, **self.device_augment)
@@ -247,8 +252,8 @@ class ClassificationTask(base.Task):
 
   def predict(self, model, variables, mesh, inputs, output_dir, postprocess):
     """DIR/predictions.csv: `filename,label` and one probability column per class (the original
-    project's
-    Kaggle submission format), written batch by batch (a crash keeps the rows so far)."""
+    project's Kaggle submission format), written batch by batch (a crash keeps the rows so
+    far)."""
     del postprocess
     @jax.jit
     def probabilities(variables, images):

@@ -149,9 +149,8 @@ def class_folders(root, classes=None, skip_bad: bool = False
                   ) -> tuple[common.RecordList, list[str]]:
   """Images sorted into one sub-folder per class -> (records, class names).
 
-  classes: which sub-folders to use, in label order (the original project's A+B out of A, B, C, D);
-  all
-  sub-folders, sorted, when None.
+  classes: which sub-folders to use, in label order (the original project's A+B out of A, B, C,
+  D); all sub-folders, sorted, when None.
   """
   root = _folder(root, '')
   dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
