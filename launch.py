@@ -26,20 +26,15 @@ flags.DEFINE_string('workdir', None, 'Run folder: checkpoints, metrics.jsonl, re
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
 flags.DEFINE_string('input', None, 'predict: an image, a folder of images, or a CSV of paths.')
 flags.DEFINE_string('output', None, 'predict: folder for masks/overlays or predictions.csv.')
+flags.DEFINE_bool('save_probs', False, 'predict (segmentation): also <stem>_probs.npy, the '
+                  'class probabilities [H, W, C] as float16.')
+flags.DEFINE_float('microns_per_pixel', None, 'predict (segmentation): the inputs\' pixel size; '
+                   'adds areas in µm² to the GeoJSON and centroid outputs.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
 flags.DEFINE_bool('debug', False, 'Show the traceback of expected errors too.')
 FLAGS = flags.FLAGS
-
-
-def quiet_orbax():
-  """Orbax logs every file it writes at INFO; keep its warnings only."""
-  class _Filter(logging.Filter):
-    def filter(self, record):
-      return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
-  for handler in logging.getLogger().handlers + logging.getLogger('absl').handlers:
-    handler.addFilter(_Filter())
 
 
 def main(argv):
@@ -64,13 +59,15 @@ def _main(argv):
   if FLAGS.workdir is None:
     raise app.UsageError('--workdir is required.')
   from histojax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from histojax.console import setup_console  # pylint: disable=g-import-not-at-top
   if FLAGS.mode == 'predict':
     if not (FLAGS.input and FLAGS.output):
       raise app.UsageError('--mode=predict needs --input and --output.')
-    logging.getLogger().setLevel(logging.INFO)
-    quiet_orbax()
+    setup_console()
     from histojax import predict  # pylint: disable=g-import-not-at-top
-    predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output, config=FLAGS.config)
+    predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output, config=FLAGS.config,
+                options={'save_probs': FLAGS.save_probs,
+                         'microns_per_pixel': FLAGS.microns_per_pixel})
     return
   config = FLAGS.config
   if config is None:
@@ -86,8 +83,7 @@ def _main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
   from histojax import train  # pylint: disable=g-import-not-at-top
-  logging.getLogger().setLevel(logging.INFO)
-  quiet_orbax()
+  setup_console()
   train.train_and_evaluate(config, FLAGS.workdir, mode=FLAGS.mode)
 
 

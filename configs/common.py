@@ -96,7 +96,10 @@ def base_config():
   c.explain_indices = placeholder(tuple)
 
   c.data = ml_collections.ConfigDict()
-  c.data.workers = 0               # grain worker processes for the training stream
+  # Grain worker processes for the training stream: 'auto' (none on <= 2 CPUs, else half of
+  # them, at most 8: histojax/data/pipeline.py resolve_workers) or a count, as a string
+  # ('2'; the field's type is its default's).
+  c.data.workers = 'auto'
   c.data.mean = (0.5, 0.5, 0.5)    # inputs: (x / 255 - mean) / std per channel
   c.data.std = (0.25, 0.25, 0.25)
   c.data.augment = None            # host-side augmentation (histojax/data/augment.py), a dict
@@ -141,6 +144,7 @@ def base_config():
   # The config argument sized for 2 CPU cores, e.g. 'configs/mnist_cnn.py:cpu': named (with a
   # time estimate) when a GPU-sized recipe starts on a CPU backend; '' in the :cpu recipes.
   c.cpu_recipe = ''
+  c.smoke = False                  # set by smoke(): the report carries a SMOKE banner
   c.mesh = [('data', -1)]
   c.distributed = False            # call jax.distributed.initialize() (multi-host)
   return c
@@ -148,6 +152,8 @@ def base_config():
 
 def smoke(c):
   """Shrinks any config so that it runs end to end on CPU in well under a minute."""
+  c.smoke = True
+  c.cpu_recipe = ''  # a smoke run is no GPU recipe: no CPU time estimate
   c.total_steps, c.total_epochs = 20, None
   c.batch_size = 16
   c.eval_batch_size = 64
@@ -157,7 +163,7 @@ def smoke(c):
   c.data.max_train_examples = 512
   c.data.max_eval_examples = 200
   c.data.max_source_images = 24   # derived H&E datasets: built from a spread of 24 images
-  c.data.workers = 0
+  c.data.workers = 'auto'
   return c
 
 

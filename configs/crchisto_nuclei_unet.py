@@ -39,7 +39,6 @@ def get_config(arg=None):
   c.data.crop_size = 256
   c.data.augment = augment.default_params()
   c.data.repeats_per_epoch = 8
-  c.data.workers = 4
   c.model = dict(name='unet', features=(32, 64, 128, 256, 512), dropout=0.0)
   c.loss = 'ce+dice' if arg.types else 'bce'
   # Batch Dice: with per-image Dice, classes absent from a crop collapse to background.
@@ -65,7 +64,7 @@ def get_config(arg=None):
   if arg.cpu:  # 2 CPU cores, <= 1.5 core-hours: U-Net 16→256 on 128 px crops, chosen on val F1
     c.model = dict(name='unet', features=(16, 32, 64, 128, 256), dropout=0.0)
     c.data.crop_size = 128
-    c.data.workers = 1
+    c.data.workers = '1'
     c.loss = 'bce' if not arg.types else c.loss
     c.total_epochs, c.total_steps = None, 5000
     c.schedule.warmup_steps = 100

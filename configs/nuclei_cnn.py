@@ -51,7 +51,6 @@ def get_config(arg=None):
   c.data.fractions = dict(train=0.7, val=0.1, test=0.2)
   c.data.augment = dict(augment.FLIPS_ONLY, rotate_deg=15.0, p_rotate_deg=0.5, hed_sigma=0.05,
                         hed_bias=0.02, p_hed=0.5, brightness=0.1, contrast=0.1)
-  c.data.workers = 4
   c.data.mean, c.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
   if arg.classes and not arg.csv:
     raise ValueError('config argument classes=... is for the CSV layout (csv=...,images=...).')

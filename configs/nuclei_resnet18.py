@@ -60,7 +60,7 @@ def get_config(arg=None):
     c.ckpt_every_steps, c.ckpt_every_epochs = 600, None
     c.label_smoothing = 0.1
     c.explain_samples = 0
-    c.data.workers = 1
+    c.data.workers = '1'
   if arg.smoke:
     common.smoke(c)
     c.model.widths = (8, 16, 16, 32)

@@ -57,7 +57,7 @@ def get_config(arg=None):
     c.best_metric = 'val/image_balanced_accuracy'
     c.early_stopping_patience = 0
     c.explain_samples = 0
-    c.data.workers = 1
+    c.data.workers = '1'
   if arg.smoke:
     common.smoke(c)
   return c

@@ -39,7 +39,6 @@ def get_config(arg=None):
   c.data.crop_size = 256
   c.data.augment = augment.FLIPS_ONLY if arg.flips_only else augment.default_params()
   c.data.repeats_per_epoch = 8       # an "epoch": 8 random crops per training image
-  c.data.workers = 8
   c.model = dict(name='unet', features=(64, 128, 256, 512, 1024), dropout=0.0)
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'
   c.loss = 'bce+dice'
@@ -67,7 +66,7 @@ def get_config(arg=None):
   if arg.cpu:  # 2 CPU cores, <= 2 core-hours: half resolution, a 4x narrower U-Net, fp32
     c.data.scale = 0.5               # 192 px crops see 384 px of tissue
     c.data.crop_size = 192
-    c.data.workers = 1
+    c.data.workers = '1'
     c.model = dict(name='unet', features=(16, 32, 64, 128, 256), dropout=0.0)
     c.dtype = 'float32'              # bf16 is no faster on CPU (benchmarks/NOTES.md)
     c.batch_size = 8

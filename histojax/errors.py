@@ -20,3 +20,13 @@ class CheckpointError(WorkdirError):
 
 class TrainingDiverged(UserError, FloatingPointError):
   """A non-finite training loss; the last good checkpoint is kept."""
+
+
+class StopRequested(Exception):
+  """SIGTERM/SIGINT during an evaluation in --mode=train: raised by the `progress` callable
+  that the train loop hands to `task.evaluate`, between examples, so that the loop saves what
+  is new and exits cleanly. The loop catches it; it is no error of the user's."""
+
+  def __init__(self, signal_name):
+    super().__init__(f'{signal_name}: stop requested')
+    self.signal_name = signal_name

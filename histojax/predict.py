@@ -2,9 +2,14 @@
 
   python launch.py --mode=predict --workdir=W --input=IMAGE|FOLDER|CSV --output=DIR
 
-Segmentation: DIR/<stem>_mask.png (label values; binary masks as 0/255) and
-DIR/<stem>_overlay.png for every image, any size (sliding window, the run's test-time
-augmentation, and the post-processing its final report chose on val: W/postprocess.json).
+Segmentation, for every image, any size (sliding window, the run's test-time augmentation,
+and the post-processing its final report chose on val: W/postprocess.json):
+DIR/<stem>_mask.png, a palette PNG whose pixel values are the class indices (DIR/classes.json:
+index, name, colour); DIR/<stem>_overlay.png, class contours over the image with a legend
+(histojax/overlay.py); DIR/<stem>.geojson, one QuPath object per predicted gland (annotation)
+or nucleus (detection), traced along pixel edges in full-resolution pixel coordinates, with
+area and mean probability; nuclei also DIR/<stem>_centroids.csv; with --save_probs
+DIR/<stem>_probs.npy (float16 [H, W, C]); with --microns_per_pixel areas in µm² too.
 Two inputs with one stem (a.png, a.tif) write a_png_*.png and a_tif_*.png.
 Classification: DIR/predictions.csv with `filename,label` and one probability column per class
 (the original project's Kaggle submission format); `filename` as the CSV lists it, else the file
@@ -21,6 +26,7 @@ import collections
 import csv
 import logging
 import pathlib
+import sys
 
 import flax
 import jax
@@ -88,8 +94,10 @@ def _read(path, channels, size=None):
   return array[..., None] if channels == 1 else array
 
 
-def run(workdir, input_path, output_dir, config=None):
-  """Predicts every input; returns the list of skipped inputs with their reasons."""
+def run(workdir, input_path, output_dir, config=None, options=None):
+  """Predicts every input; returns the list of skipped inputs with their reasons. `options`:
+  the predict flags (histojax/tasks/base.py Task.predict), defaults below."""
+  options = {'save_probs': False, 'microns_per_pixel': None, **(options or {})}
   workdir, output_dir = pathlib.Path(workdir), pathlib.Path(output_dir)
   config_file, info_file = workdir / 'config.json', workdir / 'dataset_info.json'
   for f in (config_file, info_file):
@@ -117,8 +125,10 @@ def run(workdir, input_path, output_dir, config=None):
 
   def readable():
     """(name, output stem, image) of every input that reads; the others are skipped."""
-    for (path, name), stem in zip(files, tqdm.tqdm(_output_stems(files), desc='predict',
-                                                   unit='image')):
+    # No bar in log files: tqdm's carriage returns and escape codes only clutter them.
+    bar = tqdm.tqdm(_output_stems(files), desc='predict', unit='image',
+                    disable=not sys.stderr.isatty())
+    for (path, name), stem in zip(files, bar):
       try:
         image = _read(path, channels, size)
       except (OSError, ValueError) as e:
@@ -127,7 +137,7 @@ def run(workdir, input_path, output_dir, config=None):
         continue
       yield name, stem, image
 
-  task.predict(model, variables, mesh, readable(), output_dir, postprocess)
+  task.predict(model, variables, mesh, readable(), output_dir, postprocess, options)
   logging.info('Predicted %d of %d inputs into %s; skipped %d.', len(files) - len(skipped),
                len(files), output_dir, len(skipped))
   return skipped

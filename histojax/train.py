@@ -7,9 +7,8 @@ metrics, evaluation, report sections). Data parallel: the batch is sharded over 
 """
 import json
 import logging
-import os
 import pathlib
-import signal
+import time
 
 import flax
 import jax
@@ -17,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from histojax import checkpoint, errors, models, report, schedules, sharding, tasks, writers
+from histojax import checkpoint, errors, final, models, schedules, sharding, stopping, tasks
+from histojax import writers
 from histojax import workdir as workdir_lib
 from histojax.data import datasets, pipeline
 
@@ -103,9 +103,13 @@ def _improved(value, best, mode):
   return best is None or (value > best if mode == 'max' else value < best)
 
 
+EVAL_LOG_S = 10.0  # an evaluation's progress line at most this often; none if it is shorter
+
+
 def train_and_evaluate(config, workdir, mode='train'):
   """Trains (resuming W's newest checkpoint) and writes the final report; mode='eval' only
-  reports. Returns {part: scalars} of the final report, or None when stopped by a signal."""
+  reports. Returns {part: scalars} of the final report (from W/final.json, unevaluated, when
+  the same finished run is started again), or None when stopped by a signal."""
   workdir = pathlib.Path(workdir)
   with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, mode)
@@ -114,35 +118,33 @@ def train_and_evaluate(config, workdir, mode='train'):
 def _train_and_evaluate(config, workdir, mode):
   is_main = jax.process_index() == 0
   workdir_lib.check_values(config)
+  pipeline.resolve_workers(config.data.workers)  # a bad value fails before anything runs
   ckpts = checkpoint.Checkpoints(workdir / 'checkpoints', read_only=mode == 'eval')
-  if mode == 'eval' and ckpts.latest_step() is None:
-    raise errors.WorkdirError(f'--mode=eval: no checkpoint in {ckpts.directory}.')
-  # Refused before anything is written: a config that does not fit the saved run.
-  config = workdir_lib.accept_config(workdir, config, mode,
-                                     has_checkpoint=ckpts.latest_step() is not None)
-  writer = writers.MetricWriter(workdir, enabled=is_main)
-  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-  stop_requested = []
-
-  def request_stop(signum, _):
-    if stop_requested:  # a second Ctrl-C / SIGTERM: stop now, without saving
-      signal.signal(signum, signal.SIG_DFL)
-      os.kill(os.getpid(), signum)
-    stop_requested.append(signal.Signals(signum).name)
-  if mode == 'train':  # Ctrl-C and SIGTERM: save after the current step, exit cleanly
-    for sig in handlers:
-      signal.signal(sig, request_stop)
   try:
-    return _run(config, workdir, mode, ckpts, writer, stop_requested)
+    if mode == 'eval' and ckpts.latest_step() is None:
+      raise errors.WorkdirError(f'--mode=eval: no checkpoint in {ckpts.directory}.')
+    # Refused before anything is written: a config that does not fit the saved run.
+    config = workdir_lib.accept_config(workdir, config, mode,
+                                       has_checkpoint=ckpts.latest_step() is not None)
+    finished = final.already_finished(workdir, config, ckpts) if mode == 'train' else None
+    if finished is not None:
+      return finished
+    writer = writers.MetricWriter(workdir, enabled=is_main)
+    try:
+      # Ctrl-C and SIGTERM while training: save what is new, exit 0 within seconds, even from
+      # inside XLA compilation (histojax/stopping.py).
+      with stopping.StopGuard(enabled=mode == 'train',
+                              watch=jax.process_count() == 1) as guard:
+        return _run(config, workdir, mode, ckpts, writer, guard)
+    finally:
+      writer.close()
   finally:
-    for sig, handler in handlers.items():
-      signal.signal(sig, handler)
-    writer.close()
     ckpts.close()
 
 
-def _run(config, workdir, mode, ckpts, writer, stop_requested):
+def _run(config, workdir, mode, ckpts, writer, guard):
   is_main = jax.process_index() == 0
+  single = jax.process_count() == 1  # several hosts agree on a stop at log steps instead
 
   # ---------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config)
@@ -151,6 +153,10 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   hosts = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   # --------------------------------------------------------------------- input
+  workers = pipeline.resolve_workers(config.data.workers)
+  if mode == 'train':
+    logging.info('Data workers: %d (data.workers=%r; %d usable CPUs).', workers,
+                 config.data.workers, pipeline.usable_cpus())
   splits = datasets.get_splits(config)
   datasets.log_info(splits)
   has_val = len(splits.val) > 0
@@ -166,9 +172,9 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   ckpt_every = schedules.steps('ckpt_every', config, per_epoch, default=total_steps)
   def train_stream(start_batch):  # one batch per step: the step is the stream's position
     return pipeline.train_stream(
-        splits.train, global_batch=config.batch_size, seed=config.seed,
-        workers=config.data.workers, transform=task.train_transform, repeats_per_epoch=repeats,
-        start_batch=start_batch, **hosts)
+        splits.train, global_batch=config.batch_size, seed=config.seed, workers=workers,
+        transform=task.train_transform, repeats_per_epoch=repeats, start_batch=start_batch,
+        **hosts)
 
   # ---------------------------------------------------------- model, optimizer
   model = models.get_model(config, task.out_channels)
@@ -193,9 +199,23 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   train_step = jax.jit(make_train_step(model, task, tx, train_rng, make_l2_penalty(config)),
                        donate_argnums=(0,))
 
-  def evaluate(state, source, postprocess=None):
-    """The task's EvalResult over a whole split, each example counted once."""
-    return task.evaluate(model, state, source, mesh=mesh, postprocess=postprocess, **hosts)
+  def evaluate(state, source, postprocess=None, part='val'):
+    """The task's EvalResult over a whole split, each example counted once. A progress line
+    at most every EVAL_LOG_S; a requested stop ends it between examples (StopRequested)."""
+    start = last = time.perf_counter()
+
+    def progress(done, total):
+      nonlocal last
+      if guard.requested and single:
+        raise errors.StopRequested(guard.requested[0])
+      now = time.perf_counter()
+      if now - last >= EVAL_LOG_S and 0 < done < total:
+        last, rate = now, done / (now - start)
+        logging.info('eval %s: %d/%d images (%s, ETA %s)', part, done, total,
+                     writers.format_rate(rate, 'image'),
+                     writers.format_duration((total - done) / rate))
+    return task.evaluate(model, state, source, mesh=mesh, postprocess=postprocess,
+                         progress=progress, **hosts)
 
   # ------------------------------------------------------------------- restore
   loop = {'best_step': None, 'best_value': None, 'evals_since_best': 0, 'stopped_early': False,
@@ -225,17 +245,20 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   if is_main and mode == 'train':  # only now: the config fits the saved run
     workdir_lib.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
     workdir_lib.write_json_atomic(workdir / 'dataset_info.json', info)
+    writer.write_config(int(state.step), json.loads(config.to_json()),
+                        metrics=(config.best_metric,))
 
   def save(state):
     step = int(state.step)
     loop.update(cpu_seconds=cost.cpu_seconds(), wall_seconds=cost.wall_seconds())
-    ckpts.save(step, state, {'data_position': step, 'loop': loop,
-                             'config': json.loads(config.to_json())},
-               keep=(loop['best_step'],), newest=config.ckpt_keep)
+    with guard.saving(step):  # the stop watcher never ends the process mid-save
+      ckpts.save(step, state, {'data_position': step, 'loop': loop,
+                               'config': json.loads(config.to_json())},
+                 keep=(loop['best_step'],), newest=config.ckpt_keep)
 
   # ---------------------------------------------------------------------- loop
-  step = int(state.step)
-  train_iter = train_stream(step) if mode == 'train' and step < total_steps else None
+  step = guard.saved_step = int(state.step)
+  train_iter = None  # started at the first step: grain workers take seconds to spawn
   progress = writers.Progress(total_steps, step)
   pending = []  # (step, metrics on device) since the last log: checked for NaN/inf there
 
@@ -271,32 +294,75 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
         log_cpu_estimate(config, total_steps - steps_done[-1], rate)
     writer.write(steps_done[-1], scalars)
 
-  while mode == 'train' and step < total_steps and not loop['stopped_early']:
-    try:
-      batch = sharding.to_global(mesh, next(train_iter))
-    except Exception:  # pylint: disable=broad-except
-      if not stop_requested:
-        raise
-      save(state)  # Ctrl-C reached the data workers too: the state in hand is complete
-      logging.info('%s: saved step %d; re-run the same command to resume.',
-                   stop_requested[0], step)
-      break
-    state, metrics = train_step(state, batch)
-    step += 1
-    pending.append((step, metrics))
-    stop = bool(stop_requested) if jax.process_count() == 1 else False
-    if step % log_every == 0 or step == total_steps or stop:
-      flush_train_metrics()
-      if jax.process_count() > 1:  # every host must agree before a collective save
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        stop = bool(np.any(multihost_utils.process_allgather(np.array(bool(stop_requested)))))
+  # A stop during an evaluation saved the state being scored, marked: that evaluation runs
+  # again first, so that model selection sees every evaluation an uninterrupted run makes.
+  redo_eval = mode == 'train' and has_val and loop.pop('eval_interrupted', None) == step
+  if mode == 'train' and guard.requested and single:  # in start-up; the watcher left it to us
+    guard.take()
+    logging.info('%s during start-up: nothing new since step %d to save; exiting.',
+                 guard.requested[0], step)
+    return None
+  while mode == 'train' and (step < total_steps or redo_eval) and not loop['stopped_early']:
+    stop = False
+    if not redo_eval:
+      if train_iter is None:
+        train_iter = train_stream(step)
+      try:
+        batch = sharding.to_global(mesh, next(train_iter))
+      except Exception:  # pylint: disable=broad-except
+        if not guard.requested:
+          raise
+        guard.take()  # Ctrl-C reached the data workers too: the state in hand is complete
+        if guard.unsaved:
+          save(state)
+          logging.info('%s: saved step %d; re-run the same command to resume.',
+                       guard.requested[0], step)
+        else:
+          logging.info('%s: nothing new since step %d to save; exiting.', guard.requested[0],
+                       guard.saved_step)
+        break
+      started = time.perf_counter()
+      state, metrics = train_step(state, batch)
+      step += 1
+      guard.unsaved = True
+      if guard.phase != 'training':  # the first step of this start, compilation included
+        jax.block_until_ready(metrics)
+        progress.started(step, time.perf_counter() - started)
+        guard.phase = 'training'
+      pending.append((step, metrics))
+      stop = bool(guard.requested) if single else False
+      if stop:
+        guard.take()
+      if step % log_every == 0 or step == total_steps or stop:
+        flush_train_metrics()
+        if not single:  # every host must agree before a collective save
+          from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+          stop = bool(np.any(multihost_utils.process_allgather(np.array(bool(guard.requested)))))
     val = None
-    if has_val and (step % eval_every == 0 or step == total_steps):
-      result = evaluate(state, splits.val)
+    if has_val and (redo_eval or step % eval_every == 0 or step == total_steps):
+      phase, guard.phase = guard.phase, 'evaluation'
+      try:
+        if stop and single:  # requested at this step: skip the evaluation at once
+          raise errors.StopRequested(guard.requested[0])
+        result = evaluate(state, splits.val)
+      except errors.StopRequested as e:
+        guard.take()
+        flush_train_metrics()
+        if guard.unsaved:
+          loop['eval_interrupted'] = step
+          save(state)
+          del loop['eval_interrupted']
+          logging.info('%s%s: saved step %d; re-run the same command to resume (it evaluates '
+                       'step %d first).', e.signal_name, '' if stop else ' during evaluation',
+                       step, step)
+        else:
+          logging.info('%s during evaluation: nothing new since step %d to save; exiting.',
+                       e.signal_name, guard.saved_step)
+        break
+      guard.phase = phase
       val = {f'val/{k}': v for k, v in result.scalars.items()}
       writer.write(step, val)
       writer.write_images(step, result.images)
-      logging.info('step %d | %s', step, ' '.join(f'{k} {v:.4f}' for k, v in val.items()))
       if config.best_metric not in val:
         raise KeyError(f'config.best_metric={config.best_metric!r} is not a validation metric; '
                        f'choose one of {sorted(val)}.')
@@ -304,6 +370,7 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
         loop.update(best_step=step, best_value=val[config.best_metric], evals_since_best=0)
       else:
         loop['evals_since_best'] += 1
+      logging.info('%s', writers.val_line(step, val, loop, config.best_metric))
       patience = config.early_stopping_patience
       if patience and loop['evals_since_best'] >= patience:
         logging.info('Early stopping at step %d: %s has not improved for %d evaluations '
@@ -311,20 +378,22 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
                      loop['best_value'], loop['best_step'])
         loop['stopped_early'] = True
         stop = True
+    redo_eval = False
     if (step % ckpt_every == 0 or step == total_steps or stop
         or (val is not None and loop['best_step'] == step)):
       flush_train_metrics()
       save(state)
     if stop:
-      if stop_requested:
+      if guard.requested:
         logging.info('%s: saved step %d; re-run the same command to resume.',
-                     stop_requested[0], step)
+                     guard.requested[0], step)
       break
   flush_train_metrics()
 
   # ------------------------------------------- final report (best checkpoint, test)
-  if stop_requested or (mode == 'train' and step < total_steps and not loop['stopped_early']):
+  if guard.requested or (mode == 'train' and step < total_steps and not loop['stopped_early']):
     return None
+  guard.phase = 'the final report'
   final_step = loop['best_step'] if loop['best_step'] is not None else ckpts.latest_step()
   if final_step is not None and final_step not in ckpts.steps():
     logging.warning('The best checkpoint (step %d) is missing from %s; reporting the latest '
@@ -333,44 +402,13 @@ def _run(config, workdir, mode, ckpts, writer, stop_requested):
   if final_step is not None and final_step != int(state.step):
     final_step, state, _ = ckpts.restore_newest(checkpoint.abstract(state),
                                                 steps=[final_step, ckpts.latest_step()])
-  return final_report(config, workdir, task, model, state, splits, evaluate, writer, loop, cost)
-
-
-def final_report(config, workdir, task, model, state, splits, evaluate, writer, loop, cost):
-  """The selected checkpoint scored on val (post-processing chosen there), then on every test
-  part (read only here); W/report.md, W/postprocess.json. Returns {part: scalars}."""
-  is_main = jax.process_index() == 0
-  final_step = int(state.step)
-  results = {}
-  postprocess = None  # the config's, when there is no val to choose on
-  if len(splits.val):
-    results['val'] = task.select_on_val(evaluate(state, splits.val))
-    postprocess = results['val'].postprocess
-    writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'].scalars.items()})
-    if is_main:  # before any test part is read; --mode=predict applies the same
-      workdir_lib.write_json_atomic(workdir / 'postprocess.json', postprocess)
-  for part, source in splits.tests.items():
-    results[part] = evaluate(state, source, postprocess)
-    writer.write(final_step, {f'{part}/{k}': v for k, v in results[part].scalars.items()})
-  pooled = task.pool_tests([results[p] for p in splits.tests]) if len(splits.tests) > 1 else None
-  if pooled is not None:
-    results['test'] = pooled
-    writer.write(final_step, {f'test/{k}': v for k, v in pooled.scalars.items()})
-  extra = []
-  if is_main:
-    if 'val' not in results:  # the config's settings, as the test parts were scored
-      workdir_lib.write_json_atomic(workdir / 'postprocess.json',
-                                    next(iter(results.values())).postprocess)
-    part = next(iter(splits.tests))
-    extra = task.explain(model, state, splits.tests[part], workdir, part)
-  totals = cost.scalars('cost')  # the whole run: every start, dataset build, this report
-  writer.write(final_step, totals)
-  if is_main:
-    report.write(workdir, config, task, results, final_step, loop, splits.info, extra,
-                 cost=totals)
-  logging.info('Params fingerprint (process %d): %.10e', jax.process_index(),
-               float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))))
-  for part, result in results.items():
-    logging.info('Final (step %d): %s %s', final_step, part,
-                 ' '.join(f'{k} {v:.4f}' for k, v in result.scalars.items()))
-  return {part: result.scalars for part, result in results.items()}
+  record = {'last_step': ckpts.latest_step(),
+            'complete': ckpts.latest_step() == total_steps or bool(loop['stopped_early'])}
+  try:
+    return final.final_report(config, workdir, task, model, state, splits, evaluate, writer,
+                              loop, cost, record)
+  except errors.StopRequested as e:
+    guard.take()
+    logging.info('%s during the final report: nothing new since step %d to save; re-run the '
+                 'same command to write the report.', e.signal_name, guard.saved_step)
+    return None

@@ -23,6 +23,7 @@ import ml_collections
 from histojax import errors
 
 RUNTIME = ('log_every_steps', 'ckpt_keep', 'eval_batch_size', 'data.workers', 'cpu_recipe',
+           'smoke',
            'data.tfds_data_dir', 'inference.*', 'report_panels', 'explain_indices',
            'explain_samples', 'mesh', 'distributed', 'detection_radius', 'ignore_empty',
            'object_min_size', 'object_min_size_candidates', 'detection_split',

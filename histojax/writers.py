@@ -46,6 +46,26 @@ class MetricWriter:
       for k, v in images.items():
         self._tb.add_image(k, v, int(step), dataformats='HWC')
 
+  def write_config(self, step, config: dict, metrics=()):
+    """TensorBoard: the config as text and as hparams (every flattened key), so that runs can
+    be compared and filtered by configuration; `metrics`: the scalar tags to show beside."""
+    if not self.enabled:
+      return
+    from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+    text = json.dumps(config, indent=2, default=str)
+    self._tb.add_text('config', '\n'.join('    ' + line for line in text.splitlines()),
+                      int(step))
+    flat = {}
+    def walk(tree, prefix):
+      for k, v in tree.items():
+        if isinstance(v, dict) and v:
+          walk(v, f'{prefix}{k}.')
+        else:  # hparams take bool / int / float / str
+          flat[f'{prefix}{k}'] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+    walk(config, '')
+    for summary in hparams(flat, {m: 0.0 for m in metrics}):
+      self._tb.file_writer.add_summary(summary)
+
   def close(self):
     if self.enabled:
       self._jsonl.close()
@@ -158,24 +178,73 @@ class Cost:
             f'{prefix}/wall_seconds': self.wall_seconds()}
 
 
+def format_rate(rate, unit):
+  """'12.3 steps/s', or '4.2 s/step' below one per second (never '0.0 steps/s')."""
+  return f'{rate:.1f} {unit}s/s' if rate >= 1 else f'{1 / rate:.1f} s/{unit}'
+
+
+def format_duration(seconds):
+  """'45s', '12m30s', '3h05m', '2d04h'."""
+  s = int(round(seconds))
+  if s < 60:
+    return f'{s}s'
+  m, s = divmod(s, 60)
+  if m < 60:
+    return f'{m}m{s:02d}s'
+  h, m = divmod(m, 60)
+  if h < 24:
+    return f'{h}h{m:02d}m'
+  d, h = divmod(h, 24)
+  return f'{d}d{h:02d}h'
+
+
 class Progress:
-  """Console line: step, rate and ETA, measured since the first logged step (post-compile)."""
+  """Console lines of the train loop: one when the first step of this start has run (it
+  includes compilation, which can take minutes on a CPU), then step, scalars, rate and ETA,
+  timed from the end of that first step."""
 
   def __init__(self, total_steps, first_step):
     self.total, self.t0, self.s0 = total_steps, None, first_step
 
+  def started(self, step, seconds):
+    logging.info('step %d/%d | compiled and ran the first step in %.1f s', step, self.total,
+                 seconds)
+    self.t0, self.s0 = time.perf_counter(), step
+
   def line(self, step, scalars):
+    """Logs one line; returns the rate in steps/s (NaN while it cannot be measured yet)."""
     now = time.perf_counter()
-    if self.t0 is None:
+    if self.t0 is None:  # no started(): time from here on
       self.t0, self.s0 = now, step
-      rate = float('nan')
-    else:
-      rate = (step - self.s0) / max(now - self.t0, 1e-9)
+    rate = (step - self.s0) / max(now - self.t0, 1e-9) if step > self.s0 else float('nan')
     parts = ' '.join(f'{k.split("/")[-1]} {v:.4g}' for k, v in scalars.items())
-    if rate == rate and rate > 0:
-      eta = (self.total - step) / rate
-      speed = f'{rate:.1f} steps/s | ETA {int(eta // 60)}m{int(eta % 60):02d}s'
-    else:  # the first logged step includes compilation, so it cannot time anything
+    if rate > 0:
+      speed = (f'{format_rate(rate, "step")} | '
+               f'ETA {format_duration((self.total - step) / rate)}')
+    else:
       speed = 'rate and ETA from the next log line'
     logging.info('step %d/%d | %s | %s', step, self.total, parts, speed)
     return rate
+
+
+# The console's validation line: the selection metric with the best so far, then the first
+# few of these that the task reports (every scalar goes to metrics.jsonl).
+KEY_SCALARS = ('loss', 'accuracy', 'balanced_accuracy', 'macro_f1', 'dice', 'mean_iou',
+               'object_f1', 'detection_f1', 'pixel_accuracy')
+
+
+def val_line(step, val, loop, best_metric):
+  """'step 600 | val dice 0.8123 (best 0.8123 @600) | loss 0.23 accuracy 0.91', at most four
+  key scalars and about 160 characters."""
+  best = (f'best {loop["best_value"]:.4f} @{loop["best_step"]}'
+          if loop['best_step'] is not None else 'no best yet')
+  head = f'step {step} | val {best_metric.split("/", 1)[-1]} {val[best_metric]:.4f} ({best})'
+  shown = []
+  for key in KEY_SCALARS:
+    value = val.get(f'val/{key}')
+    if value is None or f'val/{key}' == best_metric:
+      continue
+    if len(shown) == 4 or len(head) + sum(len(s) + 1 for s in shown) + len(key) + 12 > 160:
+      break
+    shown.append(f'{key} {value:.4g}')
+  return ' | '.join([head] + ([' '.join(shown)] if shown else []))

@@ -11,8 +11,10 @@ class Indexed:
   decoded examples it has read (whole training images: many crops are cut from each, and
   decoding dominates the input pipeline otherwise)."""
 
-  def __init__(self, source, indices, cache=False, fields=None):
+  def __init__(self, source, indices, cache=False, fields=None, names=None):
     self.source, self.indices = source, np.asarray(indices, np.int64)
+    # What figures call example i (its source image): names[j] belongs to source example j.
+    self.names = None if names is None else [str(names[int(j)]) for j in self.indices]
     self.cache = {} if cache else None
     # Extra per-example fields, indexed like `source` (e.g. the source image of each tile).
     self.fields = fields or {}
@@ -106,8 +108,10 @@ def fingerprint(config, files, *keys):
           'max_source_images': config.data.max_source_images, **settings}
 
 
-def split_by_group(stored, groups, labels, config, notes, cache_train=False, fields=None):
-  """Group-aware train/val/test over one stored split; a leaky split only on request."""
+def split_by_group(stored, groups, labels, config, notes, cache_train=False, fields=None,
+                   names=None):
+  """Group-aware train/val/test over one stored split; a leaky split only on request.
+  `names` (default: the groups) name each stored example in figures."""
   folds = config.data.folds or 0
   if folds and config.data.allow_leakage:
     raise ValueError('data.folds (group cross-validation) and data.allow_leakage exclude '
@@ -126,5 +130,5 @@ def split_by_group(stored, groups, labels, config, notes, cache_train=False, fie
   else:
     split = splits.group_split(groups, labels, fractions(config), config.seed)
     splits.check_disjoint(split, groups)
-  return {name: Indexed(stored, idx, cache=cache_train and name == 'train', fields=fields)
-          for name, idx in split.items()}
+  return {name: Indexed(stored, idx, cache=cache_train and name == 'train', fields=fields,
+                       names=groups if names is None else names) for name, idx in split.items()}

@@ -62,7 +62,7 @@ def _glas(config):
     for r in by_split[split]:
       yield {'image': glas.load_image(r), 'mask': glas.load_mask(r, instances=True)}, r.name
 
-  stored, _ = store.prepare(
+  stored, stems = store.prepare(
       'glas', build.fingerprint(config, build.input_files(records)), list(by_split), generate,
       {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
   train, val = splits.glas_val_split(records, config.data.val_fraction, config.seed)
@@ -75,8 +75,9 @@ def _glas(config):
   return Splits(
       build.Indexed(stored['train'], [position[r.name] for r in train],
                     cache=config.data.cache_train),
-      build.Indexed(stored['train'], [position[r.name] for r in val]),
-      {'testA': stored['testA'], 'testB': stored['testB']}, info)
+      build.Indexed(stored['train'], [position[r.name] for r in val], names=stems['train']),
+      {part: build.Indexed(stored[part], range(len(stored[part])), names=stems[part])
+       for part in ('testA', 'testB')}, info)
 
 
 def _point_images(config):
@@ -193,19 +194,22 @@ def _crchisto_patches(config):
       points, labels, _ = crchisto.nuclei(r)
       typed = labels >= 0
       crops = derive.point_crops(image, points[typed], labels[typed], size)
-      for crop, label in zip(crops['image'], crops['label']):
-        yield {'image': crop, 'label': np.int32(label)}, [r.name, int(label)]
+      for crop, label, (x, y) in zip(crops['image'], crops['label'], crops['center']):
+        yield {'image': crop, 'label': np.int32(label)}, [r.name, int(label), int(x), int(y)]
 
   stored, metas = store.prepare('crchisto_patches',
                          build.fingerprint(config, build.input_files(records), 'patch_size'),
                          ['examples'], generate,
                          {'image': ((size, size, 3), np.uint8), 'label': ((), np.int32)})
-  groups, labels = zip(*metas['examples'])
+  groups, labels = zip(*[m[:2] for m in metas['examples']])
+  # Figures name a crop by its source image and nucleus centre (caches built before the
+  # centre was kept name the image only).
+  names = [f'{m[0]} at x {m[2]}, y {m[3]}' if len(m) > 2 else m[0] for m in metas['examples']]
   notes = crchisto.dataset_notes(records) + [
       f'{len(groups)} typed nuclei as {size}x{size} crops centred on the nucleus (reflect-padded '
       'at image borders); split by source image.'] + [
           f'Skipped bad input: {s}' for s in records.skipped]
-  parts = build.split_by_group(stored['examples'], groups, labels, config, notes)
+  parts = build.split_by_group(stored['examples'], groups, labels, config, notes, names=names)
   return _carved(parts, list(crchisto.CLASSES), notes)
 
 

@@ -10,6 +10,8 @@ from typing import Iterator
 import grain
 import numpy as np
 
+from histojax import errors
+
 
 def as_source(data):
   """A dict of equal-length arrays, or anything with __len__/__getitem__ giving dicts."""
@@ -85,6 +87,30 @@ def _exit_with_parent(parent_pid, worker_index, worker_count):
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   threading.Thread(target=_watch_parent, args=(parent_pid,), name='exit-with-parent',
                    daemon=True).start()
+
+
+def usable_cpus():
+  """CPUs this process may run on (a container's or taskset's limit), not the machine's."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
+def resolve_workers(value):
+  """Config key data.workers → the number of grain worker processes. 'auto': none on 2 or
+  fewer usable CPUs (a worker would only take CPU time from the train step, and spawning it
+  costs seconds), else half of them, at most 8. A count may come as an int or, from the
+  command line, as a string ('--config.data.workers=2')."""
+  if isinstance(value, str) and value.strip().lower() == 'auto':
+    cpus = usable_cpus()
+    return 0 if cpus <= 2 else min(cpus // 2, 8)
+  if isinstance(value, str) and value.strip().isdigit():
+    return int(value)
+  if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    return value
+  raise errors.ConfigError(f"Config key data.workers={value!r} is neither 'auto' nor a number "
+                           'of worker processes (0 loads in the training process).')
 
 
 def train_stream(source, *, global_batch, seed, process_index=0, process_count=1,

@@ -4,15 +4,6 @@
 """
 import numpy as np
 
-# tab20-like palette; label 0 is background and stays untinted.
-_PALETTE = np.array([
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
-]) / 255.0
-
-
 def _as_rgb(image):
   """Any of uint8 / float (normalised or not), HxW / HxWx1 / HxWx3 → float HxWx3 in [0, 1]."""
   image = np.asarray(image)
@@ -29,17 +20,11 @@ def _as_rgb(image):
   return np.clip(image, 0, 1)
 
 
-def _overlay(rgb, mask, fill_alpha=0.35):
-  """Tints labelled pixels and draws their boundaries opaque, so small objects stay visible."""
-  mask = np.asarray(mask)
-  colour = _PALETTE[(mask.astype(np.int64) - 1) % len(_PALETTE)]
-  edge = np.zeros(mask.shape, bool)
-  edge[:-1] |= mask[:-1] != mask[1:]
-  edge[1:] |= mask[:-1] != mask[1:]
-  edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
-  edge[:, 1:] |= mask[:, :-1] != mask[:, 1:]
-  alpha = np.where(edge, 1.0, fill_alpha) * (mask != 0)
-  return rgb * (1 - alpha[..., None]) + colour * alpha[..., None]
+def _overlay(rgb, mask, num_classes):
+  """The one overlay style (histojax/overlay.py): class contours over the untinted image."""
+  from histojax import overlay  # pylint: disable=g-import-not-at-top
+  image = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+  return overlay.contours(image, mask, num_classes, fill=0.15) / 255.0
 
 
 def _name(label, class_names):
@@ -69,7 +54,8 @@ def grid_png(images, masks_or_labels, out_path, ncols=4, class_names=None):
     rgb, title = _as_rgb(image), None
     target = None if target is None else np.asarray(target)
     if target is not None and target.ndim == 2:
-      rgb = _overlay(rgb, target)
+      k = len(class_names) if class_names else int(max(t.max() for t in targets)) + 1
+      rgb = _overlay(rgb, target, k)
       present = [v for v in np.unique(target) if v != 0]
       if class_names is None:
         title = f'{len(present)} labels'
@@ -81,7 +67,13 @@ def grid_png(images, masks_or_labels, out_path, ncols=4, class_names=None):
     ax.set_axis_off()
     if title:
       ax.set_title(title, fontsize=9)
-  fig.tight_layout()
+  if class_names and targets and targets[0] is not None and np.ndim(targets[0]) == 2:
+    from histojax import plots  # pylint: disable=g-import-not-at-top
+    fig.legend(handles=plots.legend_handles(class_names), loc='lower center',
+               ncol=len(class_names), frameon=False)
+    fig.tight_layout(rect=(0, 0.5 / (3.2 * nrows), 1, 1))
+  else:
+    fig.tight_layout()
   fig.savefig(out_path, dpi=100)
   return out_path
 
@@ -107,6 +99,8 @@ def sample_examples(config, n):
 
 def main(argv):
   del argv
+  from histojax import console  # pylint: disable=g-import-not-at-top
+  console.setup_console()
   examples, class_names = sample_examples(_FLAGS.config, _FLAGS.n)
   images, targets = _unpack(examples)
   print(grid_png(images, targets, _FLAGS.out, ncols=_FLAGS.ncols, class_names=class_names))

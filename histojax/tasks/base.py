@@ -77,9 +77,12 @@ class Task(abc.ABC):
   # ------------------------------------------------------------------ evaluation
   @abc.abstractmethod
   def evaluate(self, model, state, source, *, mesh, postprocess=None, process_index=0,
-               process_count=1) -> EvalResult:
+               process_count=1, progress=None) -> EvalResult:
     """Scores every example of `source` exactly once with the given post-processing settings
-    (None: the config's); the same on every host."""
+    (None: the config's); the same on every host. `source` is random access (len, [i]); its
+    optional `names` attribute names example i in figures. `progress(done, total)`, when
+    given, is called after each example or batch (it logs, and may raise errors.StopRequested
+    to end the evaluation early)."""
 
   def select_on_val(self, val: EvalResult) -> EvalResult:
     """Chooses the post-processing on the validation result (never on test) and returns the
@@ -110,9 +113,10 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def predict(self, model, variables, mesh, inputs: Iterator[tuple[str, str, np.ndarray]],
-              output_dir, postprocess) -> None:
+              output_dir, postprocess, options) -> None:
     """Writes predictions for `inputs` ((name, output stem, image) triples, already read)
-    into `output_dir`, with the post-processing the run chose on val (W/postprocess.json)."""
+    into `output_dir`, with the post-processing the run chose on val (W/postprocess.json).
+    `options`: the predict flags, {'save_probs': bool, 'microns_per_pixel': float | None}."""
 
   # ------------------------------------------------------------------- the contract
   def __init_subclass__(cls, **kwargs):

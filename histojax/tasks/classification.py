@@ -106,6 +106,8 @@ class ClassificationTask(base.Task):
     self.train_transform = (functools.partial(_augment_example, params=dict(host),
                                               seed=config.seed) if host else None)
     self._eval_steps = {}
+    # Nucleus-centred crops: the attribution figures mark the centre (the nucleus).
+    self.centred_crops = config.dataset in ('crchisto_patches', 'csv_patches')
 
   def crop(self, images):
     """The centre `data.center_crop`² of [..., H, W, C] images (all of them when 0)."""
@@ -162,7 +164,7 @@ class ClassificationTask(base.Task):
     return out, details
 
   def evaluate(self, model, state, source, *, mesh, postprocess=None, process_index=0,
-               process_count=1):
+               process_count=1, progress=None):
     """Batched jitted evaluation; padded examples are masked out, so each counts once."""
     del postprocess  # nothing to post-process
     key = (id(model), id(mesh))
@@ -171,14 +173,19 @@ class ClassificationTask(base.Task):
         logits = models.apply(model, state, self.inputs(batch, None, train=False))
         return self.eval_output(logits, batch)
       self._eval_steps[key] = jax.jit(eval_step)
-    total = None
+    total, done = None, 0
     for local in pipeline.eval_batches(source, global_batch=self.eval_batch_size,
                                        process_index=process_index,
                                        process_count=process_count):
       out = self._eval_steps[key](state, sharding.to_global(mesh, local))
       total = out if total is None else total.merge(out)
+      done += self.eval_batch_size
+      if progress is not None:
+        progress(min(done, len(source)), len(source))
     scalars, details = self.summarize(total.compute())
-    return base.EvalResult(scalars, details)
+    images = {'confusion': plots.figure_array(plots.confusion_figure(details['tiles'],
+                                                                     self.class_names))}
+    return base.EvalResult(scalars, details, images)
 
   def report_sections(self, workdir, results, info):
     names = self.class_names
@@ -225,7 +232,12 @@ class ClassificationTask(base.Task):
     else:
       return []
     apply_fn = lambda x: models.apply(model, state, x)
-    lines = [f'## Attribution ({part}: occlusion and integrated gradients)', '']
+    names = getattr(source, 'names', None)
+    lines = [f'## Attribution ({part}: occlusion and integrated gradients)', '',
+             'Left: the input the model sees; right: the attribution over it. Red: evidence for '
+             'the predicted class, blue: against. '
+             + ('The green cross marks the nucleus the crop is centred on.'
+                if self.centred_crops else ''), '']
     for n, i in enumerate(picks):
       example = source[int(i)]
       image = np.asarray(example['image'])
@@ -233,14 +245,17 @@ class ClassificationTask(base.Task):
       image = self.crop(image)  # what the model sees
       pred = int(np.argmax(apply_fn(x[None])[0]))
       true = int(example['label'])
-      title = f'#{i}: predicted {self.class_names[pred]} / true {self.class_names[true]}'
+      where = names[int(i)] if names else f'{part} example {i}'
+      title = f'{where}: predicted {self.class_names[pred]} / true {self.class_names[true]}'
       window = max(2, image.shape[0] // 6)
       heat = explain.occlusion(apply_fn, x, pred, window=window, stride=max(1, window // 2))
       ig = explain.integrated_gradients(apply_fn, x, pred, steps=16)
       rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, -1)
       for name, attribution in (('occlusion', heat), ('ig', ig)):
         png = pathlib.Path(workdir) / 'plots' / f'explain_{part}_{n}_{name}.png'
-        plots.attribution_overlay(rgb, attribution, png, f'{name}: {title}')
+        plots.attribution_overlay(
+            rgb, attribution, png, f'{name}: {title}', mark_centre=self.centred_crops,
+            label='logit drop when occluded' if name == 'occlusion' else 'IG (logit units)')
         lines += [f'![{name}]({png.relative_to(workdir)})', '']
     return lines
 
@@ -250,11 +265,11 @@ class ClassificationTask(base.Task):
     shape = info['input_shape']  # one training example's image (H, W, C)
     return shape[-1], tuple(shape[:2])
 
-  def predict(self, model, variables, mesh, inputs, output_dir, postprocess):
+  def predict(self, model, variables, mesh, inputs, output_dir, postprocess, options):
     """DIR/predictions.csv: `filename,label` and one probability column per class (the original
     project's Kaggle submission format), written batch by batch (a crash keeps the rows so
     far)."""
-    del postprocess
+    del postprocess, options  # nothing to post-process; one CSV row per patch
     @jax.jit
     def probabilities(variables, images):
       return jax.nn.softmax(models.apply(model, variables, self.inputs({'image': images}, None,

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from histojax import inference, models, plots, sharding
+from histojax import export, inference, models, overlay, plots, sharding
 from histojax.data import augment, resample
 from histojax.metrics import objects
 from histojax.metrics import detection as detection_lib
@@ -167,10 +167,11 @@ class SegmentationTask(base.Task):
     return probs, np.argmax(probs, -1).astype(np.int32)
 
   def evaluate(self, model, state, source, *, mesh, postprocess=None, process_index=0,
-               process_count=1):
+               process_count=1, progress=None):
     """Scores every image of `source` once. With several hosts every host scores all images
     (replicated params, local windows), so results agree without a gather."""
     del process_index
+    names = getattr(source, 'names', None) or [f'image {i}' for i in range(len(source))]
     settings = dict(self.postprocess if postprocess is None else postprocess)
     if process_count > 1:  # each host scores every image on its own devices
       mesh = jax.make_mesh((jax.local_device_count(),), ('data',), devices=jax.local_devices(),
@@ -210,7 +211,10 @@ class SegmentationTask(base.Task):
           detection.update(detection_lib.typed_detection(pred, points, labels, self.num_classes,
                                                          self.detection_radius))
       if len(panels) < self.panels:
-        panels.append((np.asarray(example['image']), true, pred))
+        panels.append({'image': np.asarray(example['image']), 'true': true, 'pred': pred,
+                       'name': names[i], 'dice': overlay.dice(pred, true, self.num_classes)})
+      if progress is not None:
+        progress(i + 1, len(source))
     details = {'pixels': pixels, 'glas': glas, 'object_pairs': object_pairs,
                'detection': detection, 'split_pairs': split_pairs, 'panels': panels}
     return base.EvalResult(self._scalars(details), details, self._images(panels), settings)
@@ -233,12 +237,16 @@ class SegmentationTask(base.Task):
     return {k: float(v) for k, v in out.items()}
 
   def _images(self, panels, n=2):
-    """TensorBoard: image | ground truth | prediction strips of the first images."""
+    """TensorBoard: ground truth | prediction overlays (histojax/overlay.py) of the first
+    images, named, with the per-image Dice."""
     out = {}
-    for i, (image, true, pred) in enumerate(panels[:n]):
-      scale = 255 // max(self.num_classes - 1, 1)
-      grey = lambda m: np.repeat((m * scale).astype(np.uint8)[..., None], 3, -1)
-      out[f'val_prediction/{i}'] = np.concatenate([image, grey(true), grey(pred)], axis=1)
+    for i, p in enumerate(panels[:n]):
+      truth = overlay.figure(p['image'], p['true'], self.class_names,
+                             title=f'{p["name"]}: ground truth')
+      pred = overlay.figure(p['image'], p['pred'], self.class_names,
+                            title=f'prediction: Dice {p["dice"]:.3f}')
+      gap = np.full((truth.shape[0], 8, 3), 255, np.uint8)
+      out[f'val_prediction/{i}'] = np.concatenate([truth, gap, pred], axis=1)
     return out
 
   def select_on_val(self, val):
@@ -293,19 +301,18 @@ class SegmentationTask(base.Task):
     return base.EvalResult(self._scalars(details), details, {}, results[0].postprocess)
 
   # ------------------------------------------------------------------------- predict
-  def predict(self, model, variables, mesh, inputs, output_dir, postprocess):
-    """DIR/<stem>_mask.png (label values; binary masks as 0/255) and DIR/<stem>_overlay.png
-    for every image, any size: sliding window, the run's TTA, the post-processing chosen on val.
-    """
-    output_dir = pathlib.Path(output_dir)
+  def predict(self, model, variables, mesh, inputs, output_dir, postprocess, options):
+    """Per image, any size (sliding window, the run's TTA, the post-processing chosen on val):
+    DIR/<stem>_mask.png (palette PNG: pixel value = class index), _overlay.png, .geojson
+    (QuPath objects: glands as annotations, nuclei as detections), nuclei _centroids.csv,
+    with --save_probs _probs.npy; DIR/classes.json names the classes and colours."""
+    export.classes_json(self.class_names, pathlib.Path(output_dir) / 'classes.json')
     for _, stem, image in inputs:
-      _, labels = self.predict_image(model, variables, mesh, image)
+      probs, labels = self.predict_image(model, variables, mesh, image)
       labels = self.postprocess_labels(labels, postprocess)
-      scale = 255 if self.binary else 1
-      Image.fromarray((labels * scale).astype(np.uint8)).save(output_dir / f'{stem}_mask.png')
-      overlay = image.copy()
-      overlay[labels > 0] = (0.5 * overlay[labels > 0] + [127, 0, 0]).astype(np.uint8)
-      Image.fromarray(overlay).save(output_dir / f'{stem}_overlay.png')
+      write_prediction(output_dir, stem, image, probs, labels, self.class_names,
+                       object_type='detection' if self.detection else 'annotation',
+                       centroids=self.detection, **options)
 
   # -------------------------------------------------------------------------- report
   def report_sections(self, workdir, results, info):
@@ -346,14 +353,34 @@ class SegmentationTask(base.Task):
       details = result.details
       if part == 'val' or not details['panels']:
         continue
-      png = plots.segmentation_panels(workdir, details['panels'], f'panels_{part}.png')
+      png = plots.segmentation_panels(workdir, details['panels'], f'panels_{part}.png',
+                                      self.class_names)
       cm = details['pixels'].compute()['confusion']
       cm_png = plots.confusion(workdir, cm, self.class_names, f'confusion_{part}.png')
+      dice = ', '.join(f'{p["name"]} {p["dice"]:.3f}' for p in details['panels'])
       lines += [f'## {part}', '', f'![panels]({png.relative_to(workdir)})', '',
+                f'Per-image foreground Dice of the images shown: {dice}.', '',
                 f'![confusion]({cm_png.relative_to(workdir)})', '',
                 'Pixel confusion matrix (rows: true, columns: predicted):', '', '```',
                 np.array2string(cm, max_line_width=200), '```', '']
     return lines
+
+
+def write_prediction(output_dir, stem, image, probs, labels, class_names, *, object_type,
+                     centroids, save_probs=False, microns_per_pixel=None):
+  """One image's predict outputs (the files are listed in Task.predict above)."""
+  out = pathlib.Path(output_dir)
+  export.save_label_png(labels, out / f'{stem}_mask.png', len(class_names))
+  Image.fromarray(overlay.figure(image, labels, class_names, title=f'{stem}: prediction')
+                  ).save(out / f'{stem}_overlay.png')
+  export.write_geojson(export.features(labels, class_names, object_type=object_type,
+                                       probs=probs, microns_per_pixel=microns_per_pixel),
+                       out / f'{stem}.geojson')
+  if centroids:
+    export.centroids_csv(labels, class_names, out / f'{stem}_centroids.csv', probs=probs,
+                         microns_per_pixel=microns_per_pixel)
+  if save_probs:
+    np.save(out / f'{stem}_probs.npy', probs.astype(np.float16))
 
 
 def _crop_example(example, *, epoch, index, params, seed, binary, scale=1.0):
