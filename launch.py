@@ -84,7 +84,7 @@ def _main(argv):
                                FLAGS.process_id)
   from histojax import train  # pylint: disable=g-import-not-at-top
   setup_console()
-  train.train_and_evaluate(config, FLAGS.workdir, mode=FLAGS.mode)
+  train.train_and_evaluate(config, FLAGS.workdir, mode=FLAGS.mode, exit_on_signal=True)
 
 
 if __name__ == '__main__':

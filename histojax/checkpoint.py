@@ -84,8 +84,9 @@ class Checkpoints:
     return steps[-1] if steps else None
 
   def save(self, step, state, loop_state, keep=(), newest=1):
-    """Writes checkpoint `step` (loop_state: JSON-able), then deletes all others but the
-    `newest` latest ones and the steps in `keep` (the best)."""
+    """Writes checkpoint `step` (loop_state: JSON-able; an existing step gets only its loop
+    state replaced), then deletes all others but the `newest` latest ones and the steps in
+    `keep` (the best)."""
     if step not in self.steps():
       try:
         self.manager.save(step, args=ocp.args.Composite(
@@ -95,6 +96,13 @@ class Checkpoints:
         raise errors.CheckpointError(
             f'Saving checkpoint step {step} to {self.directory} failed ({_short(e)}). The run '
             f'stopped; checkpoints already there are kept: {self.steps() or "none"}.') from e
+    elif jax.process_index() == 0:
+      # Step saved before (an evaluation interrupted at it, now run again): the arrays are the
+      # same, the loop state (best so far, early stop) has moved on. Replaced atomically.
+      path = self.directory / str(step) / 'loop' / 'metadata'
+      tmp = path.with_name(f'.metadata.tmp{os.getpid()}')
+      tmp.write_text(json.dumps(loop_state))
+      os.replace(tmp, path)
     keep = {step, *self.steps()[-max(newest, 1):], *(s for s in keep if s is not None)}
     for old in self.steps():
       if old not in keep:

@@ -1,8 +1,10 @@
 """The end of a run: the chosen checkpoint scored on val and the test parts, the report, and
 W/final.json, the record that lets a re-run of the finished command report without
 evaluating (and appending the final rows) again."""
+import contextlib
 import json
 import logging
+import time
 
 import jax
 import jax.numpy as jnp
@@ -62,27 +64,32 @@ def already_finished(workdir, config, ckpts):
 
 
 def final_report(config, workdir, task, model, state, splits, evaluate, writer, loop, cost,
-                 record):
+                 record, uninterruptible=contextlib.nullcontext):
   """The selected checkpoint scored on val (post-processing chosen there), then on every test
   part (read only here); W/report.md, W/postprocess.json, and W/final.json (`record` plus the
-  results, which a re-run of the finished run returns). Returns {part: scalars}."""
+  results, which a re-run of the finished run returns). The final rows and final.json are
+  written inside `uninterruptible()` (the stop watcher waits for it). Returns {part: scalars}."""
   is_main = jax.process_index() == 0
   final_step = int(state.step)
+  started = time.time()
   results = {}
+  # The final rows are written at the end, next to final.json: a report stopped half-way
+  # appends none, so its re-run does not repeat them.
+  rows = []
   postprocess = None  # the config's, when there is no val to choose on
   if len(splits.val):
     results['val'] = task.select_on_val(evaluate(state, splits.val, part='val'))
     postprocess = results['val'].postprocess
-    writer.write(final_step, {f'final_val/{k}': v for k, v in results['val'].scalars.items()})
+    rows.append({f'final_val/{k}': v for k, v in results['val'].scalars.items()})
     if is_main:  # before any test part is read; --mode=predict applies the same
       workdir_lib.write_json_atomic(workdir / 'postprocess.json', postprocess)
   for part, source in splits.tests.items():
     results[part] = evaluate(state, source, postprocess, part=part)
-    writer.write(final_step, {f'{part}/{k}': v for k, v in results[part].scalars.items()})
+    rows.append({f'{part}/{k}': v for k, v in results[part].scalars.items()})
   pooled = task.pool_tests([results[p] for p in splits.tests]) if len(splits.tests) > 1 else None
   if pooled is not None:
     results['test'] = pooled
-    writer.write(final_step, {f'test/{k}': v for k, v in pooled.scalars.items()})
+    rows.append({f'test/{k}': v for k, v in pooled.scalars.items()})
   extra = []
   if is_main:
     if 'val' not in results:  # the config's settings, as the test parts were scored
@@ -91,21 +98,27 @@ def final_report(config, workdir, task, model, state, splits, evaluate, writer, 
     part = next(iter(splits.tests))
     extra = task.explain(model, state, splits.tests[part], workdir, part)
   totals = cost.scalars('cost')  # the whole run: every start, dataset build, this report
-  writer.write(final_step, totals)
+  rows.append(totals)
   scalars = {part: result.scalars for part, result in results.items()}
   report_path = None
   if is_main:
     report.write(workdir, config, task, results, final_step, loop, splits.info, extra,
                  cost=totals, steps_trained=record['last_step'])
     report_path = workdir / 'report.md'
-    # TensorBoard gets the report's figures (confusion matrices, panels, attributions, curves).
+  with uninterruptible():
+    for row in rows:
+      writer.write(final_step, row)
+    if is_main:
+      plain = {part: {k: float(v) if np.isfinite(v) else None for k, v in values.items()}
+               for part, values in scalars.items()}
+      workdir_lib.write_json_atomic(workdir / 'final.json', {
+          'final_step': final_step, **record, 'report': str(report_path), 'results': plain,
+          'config': json.loads(config.to_json())})
+  if is_main:
+    # TensorBoard gets this report's figures (confusion matrices, panels, attributions, curves).
     writer.write_images(final_step, {f'report/{p.stem}': plots.png_array(p)
-                                     for p in sorted((workdir / 'plots').glob('*.png'))})
-    plain = {part: {k: float(v) if np.isfinite(v) else None for k, v in values.items()}
-             for part, values in scalars.items()}
-    workdir_lib.write_json_atomic(workdir / 'final.json', {
-        'final_step': final_step, **record, 'report': str(report_path), 'results': plain,
-        'config': json.loads(config.to_json())})
+                                     for p in sorted((workdir / 'plots').glob('*.png'))
+                                     if p.stat().st_mtime >= started - 1})
   # Hosts of one run compare it (tests/test_multidevice.py); one process has no use for it.
   logging.log(logging.INFO if jax.process_count() > 1 else logging.DEBUG,
               'Params fingerprint (process %d): %.10e', jax.process_index(),

@@ -50,19 +50,28 @@ def _band_height(width):
 
 
 def legend_band(class_names, width, skip_background=True):
-  """uint8 [h, width, 3], white: a colour swatch and the name of every class."""
+  """uint8 [rows * h, width, 3], white: a colour swatch and the name of every class, wrapped
+  onto more rows when the image is too narrow for one."""
   h = _band_height(width)
-  band = Image.new('RGB', (width, h), 'white')
-  draw, f = ImageDraw.Draw(band), font(int(h * 0.6))
+  f, pad = font(int(h * 0.6)), int(h * 0.2)
   colours = export.class_colours(len(class_names))
-  x, pad = int(h * 0.3), int(h * 0.2)
+  measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  items, x, row = [], int(h * 0.3), 0
   for i, name in enumerate(class_names):
     if skip_background and i == 0:
       continue
-    draw.rectangle([x, pad, x + h - 2 * pad, h - pad], fill=tuple(colours[i]), outline='black')
-    x += h - pad
-    draw.text((x, h / 2), str(name), fill='black', font=f, anchor='lm')
-    x += int(draw.textlength(str(name), font=f)) + h
+    size = h - pad + int(measure.textlength(str(name), font=f))
+    if items and x + size > width:  # wrap: the next row
+      x, row = int(h * 0.3), row + 1
+    items.append((x, row, i, str(name)))
+    x += size + h
+  band = Image.new('RGB', (width, h * (row + 1)), 'white')
+  draw = ImageDraw.Draw(band)
+  for x, r, i, name in items:
+    y = r * h
+    draw.rectangle([x, y + pad, x + h - 2 * pad, y + h - pad], fill=tuple(colours[i]),
+                   outline='black')
+    draw.text((x + h - pad, y + h / 2), name, fill='black', font=f, anchor='lm')
   return np.asarray(band)
 
 
@@ -71,7 +80,7 @@ def title_band(text, width):
   h = _band_height(width)
   band = Image.new('RGB', (width, h), 'white')
   draw, f = ImageDraw.Draw(band), font(int(h * 0.6))
-  while text and draw.textlength(text, font=f) > width - h * 0.6:
+  while len(text) > 1 and draw.textlength(text, font=f) > width - h * 0.6:
     text = text[:-2] + '…'
   draw.text((int(h * 0.3), h / 2), text, fill='black', font=f, anchor='lm')
   return np.asarray(band)

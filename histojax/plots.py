@@ -54,7 +54,7 @@ def human_count(n):
   """1234 → '1.2k', 5600000 → '5.6M': counts short enough to sit in a matrix cell."""
   n = int(n)
   for unit, size in (('M', 1e6), ('k', 1e3)):
-    if abs(n) >= size:
+    if abs(n) >= size * 0.99995:  # 999,950 rounds to 1M, not 1000.0k
       return f'{n / size:.1f}{unit}'.replace('.0' + unit, unit)
   return str(n)
 

@@ -98,6 +98,10 @@ def run(workdir, input_path, output_dir, config=None, options=None):
   """Predicts every input; returns the list of skipped inputs with their reasons. `options`:
   the predict flags (histojax/tasks/base.py Task.predict), defaults below."""
   options = {'save_probs': False, 'microns_per_pixel': None, **(options or {})}
+  mpp = options['microns_per_pixel']
+  if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
+    raise errors.UserError(f'--microns_per_pixel={mpp}: the pixel size must be a positive '
+                           'number of µm (e.g. 0.5 at 20x on many scanners).')
   workdir, output_dir = pathlib.Path(workdir), pathlib.Path(output_dir)
   config_file, info_file = workdir / 'config.json', workdir / 'dataset_info.json'
   for f in (config_file, info_file):

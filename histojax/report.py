@@ -48,14 +48,15 @@ def versions():
 
 
 def fmt(value, key=''):
-  """A metric for a table: counts and class indices (keys ending in count / _class) and other
-  whole numbers >= 1 as integers, everything else to 4 decimals."""
+  """A metric for a table: counts and class indices (keys ending in count / _class, or
+  empty_skipped_*) as integers, everything else to 4 decimals."""
   if value is None:
     return ''
   value = float(value)
   if value != value:
     return 'n/a'
-  whole = value.is_integer() and (abs(value) >= 1 or key.endswith(('count', '_class')))
+  whole = value.is_integer() and (key.endswith(('count', '_class'))
+                                  or key.startswith('empty_skipped'))
   return str(int(value)) if whole else f'{value:.4f}'
 
 

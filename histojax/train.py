@@ -106,16 +106,16 @@ def _improved(value, best, mode):
 EVAL_LOG_S = 10.0  # an evaluation's progress line at most this often; none if it is shorter
 
 
-def train_and_evaluate(config, workdir, mode='train'):
+def train_and_evaluate(config, workdir, mode='train', exit_on_signal=False):
   """Trains (resuming W's newest checkpoint) and writes the final report; mode='eval' only
   reports. Returns {part: scalars} of the final report (from W/final.json, unevaluated, when
   the same finished run is started again), or None when stopped by a signal."""
   workdir = pathlib.Path(workdir)
   with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, mode)
+    return _train_and_evaluate(config, workdir, mode, exit_on_signal)
 
 
-def _train_and_evaluate(config, workdir, mode):
+def _train_and_evaluate(config, workdir, mode, exit_on_signal):
   is_main = jax.process_index() == 0
   workdir_lib.check_values(config)
   pipeline.resolve_workers(config.data.workers)  # a bad value fails before anything runs
@@ -133,8 +133,10 @@ def _train_and_evaluate(config, workdir, mode):
     try:
       # Ctrl-C and SIGTERM while training: save what is new, exit 0 within seconds, even from
       # inside XLA compilation (histojax/stopping.py).
+      # The watcher may end the process (os._exit): only when launch.py owns it, never a
+      # notebook or test that calls this function.
       with stopping.StopGuard(enabled=mode == 'train',
-                              watch=jax.process_count() == 1) as guard:
+                              watch=exit_on_signal and jax.process_count() == 1) as guard:
         return _run(config, workdir, mode, ckpts, writer, guard)
     finally:
       writer.close()
@@ -406,7 +408,8 @@ def _run(config, workdir, mode, ckpts, writer, guard):
             'complete': ckpts.latest_step() == total_steps or bool(loop['stopped_early'])}
   try:
     return final.final_report(config, workdir, task, model, state, splits, evaluate, writer,
-                              loop, cost, record)
+                              loop, cost, record,
+                              uninterruptible=lambda: guard.saving(guard.saved_step))
   except errors.StopRequested as e:
     guard.take()
     logging.info('%s during the final report: nothing new since step %d to save; re-run the '

@@ -204,3 +204,11 @@ def test_sigterm_during_evaluation_saves_and_the_rerun_evaluates_that_step_first
   rows = writers.read_jsonl(tmp_path / 'metrics.jsonl')
   assert [r['step'] for r in rows if 'val/accuracy' in r] == [10, 20]  # each evaluated once
   assert (tmp_path / 'report.md').exists()
+  # The re-run evaluation updated step 20's saved loop state (the checkpoint existed): it no
+  # longer asks for that evaluation, and it names the best step the report used.
+  loop = json.loads((tmp_path / 'checkpoints' / '20' / 'loop' / 'metadata').read_text())
+  assert 'eval_interrupted' not in loop['loop']
+  best = loop['loop']['best_step']
+  assert best in (10, 20) and (tmp_path / 'checkpoints' / str(best)).is_dir()
+  assert f'evaluated checkpoint: step {best} (best by val/accuracy' in (
+      tmp_path / 'report.md').read_text()

@@ -58,6 +58,11 @@ def test_legend_shows_a_swatch_and_a_name_for_every_class():
   for c, x in enumerate(xs, 1):  # dark text right of each swatch
     text = band[:, x + 2:x + 40]
     assert (text.sum(-1) < 200).sum() > 10, names[c]
+  narrow = overlay.legend_band(names, 160)  # too narrow for one row: wrapped, none dropped
+  assert narrow.shape[1] == 160 and narrow.shape[0] > band.shape[0]
+  for c in range(1, len(names)):
+    assert (narrow == colours[c]).all(-1).sum() > 20, names[c]
+  assert overlay.title_band('a very long title ' * 20, 12).shape[1] == 12  # ends
   shorter = overlay.legend_band(names[:-1], 600)
   assert not (shorter == colours[4]).all(-1).any()  # a class not listed has no swatch
 
@@ -92,6 +97,7 @@ def test_confusion_is_row_normalised_with_short_counts(monkeypatch):
   labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
   assert labels == ['background\n(1.5M)', 'gland\n(100k)']
   assert plots.human_count(999) == '999' and plots.human_count(2000) == '2k'
+  assert plots.human_count(999_950) == '1M' and plots.human_count(999_949) == '999.9k'
   big = plots.confusion_figure(np.eye(5, dtype=int) * 10, list('abcde'))
   assert big.get_size_inches()[0] > fig.get_size_inches()[0]  # sized to fit
 
@@ -142,7 +148,8 @@ def test_report_header_has_command_commit_versions_and_a_smoke_banner(monkeypatc
   assert 'SMOKE RUN' in text and '0.7016)' in text and '0.70162' not in text
   assert 'steps trained: 20' in text and '1.0 min wall' in text
   assert 'SMOKE' not in '\n'.join(report.header(mnist_cnn.get_config(), 20, loop, cost, 20))
-  assert report.fmt(2.0) == '2' and report.fmt(0.5) == '0.5000' and report.fmt(None) == ''
+  assert report.fmt(2.0, 'count') == '2' and report.fmt(1.0, 'dice') == '1.0000'
+  assert report.fmt(0.5) == '0.5000' and report.fmt(None) == ''
   assert report.fmt(0.0, 'top_predicted_class') == '0' and report.fmt(0.0) == '0.0000'
 
 

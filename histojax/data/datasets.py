@@ -352,6 +352,8 @@ class Subset:
 
   def __init__(self, source, n):
     self.source, self.n = source, min(n, len(source))
+    names = getattr(source, 'names', None)  # what figures call the examples
+    self.names = None if names is None else names[:self.n]
 
   def __len__(self):
     return self.n

@@ -359,7 +359,8 @@ class SegmentationTask(base.Task):
       cm_png = plots.confusion(workdir, cm, self.class_names, f'confusion_{part}.png')
       dice = ', '.join(f'{p["name"]} {p["dice"]:.3f}' for p in details['panels'])
       lines += [f'## {part}', '', f'![panels]({png.relative_to(workdir)})', '',
-                f'Per-image foreground Dice of the images shown: {dice}.', '',
+                f'Dice of each image shown (its foreground classes present in its truth or '
+                f'prediction, averaged; 1 when both are empty): {dice}.', '',
                 f'![confusion]({cm_png.relative_to(workdir)})', '',
                 'Pixel confusion matrix (rows: true, columns: predicted):', '', '```',
                 np.array2string(cm, max_line_width=200), '```', '']
