@@ -236,6 +236,10 @@ def _run(config, workdir, mode, ckpts, writer, guard):
       loop.update(best_step=None, best_value=None, evals_since_best=0)
     logging.info('%s %s at step %d.', 'Restored' if mode == 'eval' else 'Resumed from',
                  ckpts.directory, start)
+    if mode == 'eval' and loop.get('eval_interrupted') == start:
+      logging.warning('Step %d was saved by a stop during its validation evaluation, which has '
+                      'not run since: the best checkpoint so far may not be final. Re-run '
+                      'the training command to finish it.', start)
   elif config.init_from and mode == 'train':
     params, stats = checkpoint.warm_start(state.params, state.batch_stats, config.init_from,
                                           config.freeze.head)
@@ -405,7 +409,9 @@ def _run(config, workdir, mode, ckpts, writer, guard):
     final_step, state, _ = ckpts.restore_newest(checkpoint.abstract(state),
                                                 steps=[final_step, ckpts.latest_step()])
   record = {'last_step': ckpts.latest_step(),
-            'complete': ckpts.latest_step() == total_steps or bool(loop['stopped_early'])}
+            # Not complete while a stopped validation evaluation is owed (--mode=eval meanwhile).
+            'complete': (ckpts.latest_step() == total_steps or bool(loop['stopped_early']))
+                        and loop.get('eval_interrupted') is None}
   try:
     return final.final_report(config, workdir, task, model, state, splits, evaluate, writer,
                               loop, cost, record,

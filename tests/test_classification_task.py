@@ -5,7 +5,7 @@ import pytest
 
 from configs import common
 from histojax.data import pipeline
-from histojax.tasks import classification
+from histojax.tasks import base, classification
 
 
 def _task(**overrides):
@@ -88,3 +88,13 @@ def test_image_level_metrics_equal_brute_force(batch, hosts):
   assert scalars['image_count'] == len(present)
   assert scalars['image_accuracy'] == pytest.approx(np.trace(expected) / len(present))
   assert scalars['count'] == n
+
+
+def test_report_has_tile_and_image_confusion_pngs(tmp_path):
+  task = classification.ClassificationTask(common.base_config(),
+                                           {'num_classes': 2, 'num_images': 4})
+  tiles, images = np.array([[50, 10], [5, 35]]), np.array([[2, 0], [1, 1]])
+  result = base.EvalResult({}, {'tiles': tiles, 'images': images})
+  lines = task.report_sections(tmp_path, {'val': result, 'test': result}, {})
+  for png in ('confusion_test.png', 'confusion_test_images.png'):
+    assert f'(plots/{png})' in '\n'.join(lines) and (tmp_path / 'plots' / png).stat().st_size

@@ -196,6 +196,12 @@ def test_sigterm_during_evaluation_saves_and_the_rerun_evaluates_that_step_first
   assert 'SIGTERM during evaluation: saved step 20;' in out, out[-3000:]
   assert seconds < 10 and (tmp_path / 'checkpoints' / '20').is_dir()
   assert not (tmp_path / 'report.md').exists()
+  # --mode=eval meanwhile reports step 20 but says its evaluation is still owed.
+  proc = launch(args + ['--mode=eval'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and 'saved by a stop during its validation evaluation' in out, (
+      out[-3000:])
 
   proc = launch(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   out, _ = proc.communicate(timeout=120)

@@ -210,9 +210,12 @@ class ClassificationTask(base.Task):
         ok, message = cls_metrics.bias_check(image_metrics, class_names=names)
         if not ok:
           logging.warning('%s, per image: %s', part, message)
+        image_png = plots.confusion(workdir, details['images'], names,
+                                    f'confusion_{part}_images.png')
         lines += [f'### {part}, per source image (mean tile probability)', '',
                   f'> Per image: {message}', '',
                   cls_metrics.markdown_table(image_metrics, names), '',
+                  f'![image confusion]({image_png.relative_to(workdir)})', '',
                   'Image confusion matrix (rows: true, columns: predicted):', '', '```',
                   np.array2string(details['images'], max_line_width=200), '```', '']
     return lines
