@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 
+from histojax import writers
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_S = 2.0  # the main thread may stop by itself within it (it was between bytecodes)
 
@@ -136,19 +138,10 @@ class StopGuard:
 def kill_children():
   """SIGKILLs this process's child processes (grain workers), except multiprocessing's
   resource tracker: it unlinks the workers' shared memory once every holder has gone."""
-  try:
-    tasks = list(pathlib.Path('/proc/self/task').iterdir())
-  except OSError:
-    return
-  for task in tasks:
+  for pid in writers.child_pids():
     try:
-      children = (task / 'children').read_text().split()
-    except OSError:
-      continue
-    for pid in children:
-      try:
-        if b'resource_tracker' in pathlib.Path(f'/proc/{pid}/cmdline').read_bytes():
-          continue
-        os.kill(int(pid), signal.SIGKILL)
-      except (OSError, ValueError):
-        continue  # exited meanwhile
+      if b'resource_tracker' in pathlib.Path(f'/proc/{pid}/cmdline').read_bytes():
+        continue
+      os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ValueError):
+      continue  # exited meanwhile

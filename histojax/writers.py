@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from histojax import workdir as workdir_lib
+
 
 class MetricWriter:
   """Writes only on process 0. Each metrics.jsonl line: {"step": int, "<split>/<name>": x}."""
@@ -55,14 +57,9 @@ class MetricWriter:
     text = json.dumps(config, indent=2, default=str)
     self._tb.add_text('config', '\n'.join('    ' + line for line in text.splitlines()),
                       int(step))
-    flat = {}
-    def walk(tree, prefix):
-      for k, v in tree.items():
-        if isinstance(v, dict) and v:
-          walk(v, f'{prefix}{k}.')
-        else:  # hparams take bool / int / float / str
-          flat[f'{prefix}{k}'] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-    walk(config, '')
+    # hparams take bool / int / float / str: anything else as its JSON.
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in workdir_lib.flatten(config).items()}
     for summary in hparams(flat, {m: 0.0 for m in metrics}):
       self._tb.file_writer.add_summary(summary)
 
@@ -129,25 +126,31 @@ def _process_start():
 _STARTED = _process_start()
 
 
+def child_pids():
+  """Pids of this process's live child processes (Linux /proc; [] elsewhere)."""
+  try:
+    tasks = list(pathlib.Path('/proc/self/task').iterdir())
+  except OSError:
+    return []
+  pids = []
+  for task in tasks:
+    try:
+      pids += (task / 'children').read_text().split()
+    except OSError:
+      continue
+  return pids
+
+
 def _live_children_cpu():
   """User + system CPU seconds of this process's live children (grain workers): os.times()
   counts children only once they have exited and been waited for."""
   total, tick = 0.0, os.sysconf('SC_CLK_TCK')
-  try:
-    tasks = list(pathlib.Path('/proc/self/task').iterdir())
-  except OSError:
-    return 0.0
-  for task in tasks:
+  for pid in child_pids():
     try:
-      children = (task / 'children').read_text().split()
-    except OSError:
-      continue
-    for pid in children:
-      try:
-        fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-      except (OSError, ValueError, IndexError):
-        continue  # exited meanwhile: os.times() has it once waited for
+      fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    except (OSError, ValueError, IndexError):
+      continue  # exited meanwhile: os.times() has it once waited for
   return total
 
 
