@@ -3,10 +3,13 @@ r"""histojax entry point.
   python launch.py --config=configs/mnist_cnn.py[:ARG] --workdir=W [--mode=train|eval]
                    [--config.key=value ...]
   python launch.py --mode=predict --workdir=W --input=IMAGE|FOLDER|CSV --output=DIR
+  python launch.py --mode=sweep --config=configs/<task>.py[:ARG] --sweep=sweeps/<name>.py[:ARG]
+                   --workdir=W [--storage=URL] [--sweep_workers=N] [--study_name=NAME]
 
 `--mode=train` trains (resuming from W's latest checkpoint if there is one), then evaluates the
 best checkpoint on the test split and writes W/report.md. `--mode=eval` only does the latter.
-`--mode=predict` applies W's best checkpoint to new images. In eval and predict, --config is
+`--mode=predict` applies W's best checkpoint to new images. `--mode=sweep` runs an Optuna
+study of trials W/trials/<n> (histojax/sweep.py), then writes W/sweep.md. In eval and predict, --config is
 optional (W/config.json is used); given, its run-time settings (inference.*, eval batch, report
 options) apply, and keys that shape the model or data must match the run's.
 
@@ -23,7 +26,14 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Task config: configs/<task>.py[:arg].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run folder: checkpoints, metrics.jsonl, report.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'sweep'], 'What to do.')
+flags.DEFINE_string('sweep', None, 'sweep: the sweep file, sweeps/<name>.py[:arg].')
+flags.DEFINE_string('storage', None, 'sweep: the Optuna storage URL (default: SQLite '
+                    'W/study.db); postgresql://user:password@host:port/db shares one study '
+                    'between machines.')
+flags.DEFINE_integer('sweep_workers', 1, 'sweep: worker processes on this machine.')
+flags.DEFINE_string('study_name', None, 'sweep: the study\'s name in the storage (default: '
+                    'the sweep file\'s name and argument).')
 flags.DEFINE_string('input', None, 'predict: an image, a folder of images, or a CSV of paths.')
 flags.DEFINE_string('output', None, 'predict: folder for masks/overlays or predictions.csv.')
 flags.DEFINE_bool('save_probs', False, 'predict (segmentation): also <stem>_probs.npy, the '
@@ -70,6 +80,16 @@ def _main(argv):
                          'microns_per_pixel': FLAGS.microns_per_pixel})
     return
   config = FLAGS.config
+  if FLAGS.mode == 'sweep':
+    if config is None or not FLAGS.sweep:
+      raise app.UsageError('--mode=sweep needs --config and --sweep.')
+    if FLAGS.sweep_workers < 1:
+      raise app.UsageError('--sweep_workers must be >= 1.')
+    setup_console()
+    from histojax import sweep  # pylint: disable=g-import-not-at-top
+    sweep.run(config, _config_spec(argv), FLAGS.sweep, FLAGS.workdir, FLAGS.storage,
+              FLAGS.sweep_workers, FLAGS.study_name, argv=sys.argv)
+    return
   if config is None:
     if FLAGS.mode != 'eval':
       raise app.UsageError('--config is required (or --mode=eval on a workdir with config.json).')
@@ -85,6 +105,17 @@ def _main(argv):
   from histojax import train  # pylint: disable=g-import-not-at-top
   setup_console()
   train.train_and_evaluate(config, FLAGS.workdir, mode=FLAGS.mode, exit_on_signal=True)
+
+
+def _config_spec(argv):
+  """The --config value as given (configs/x.py:arg), for the sweep's record."""
+  del argv
+  for i, arg in enumerate(sys.argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(sys.argv):
+      return sys.argv[i + 1]
+  return None
 
 
 if __name__ == '__main__':

@@ -67,6 +67,9 @@ def base_config():
   c.best_metric = 'val/accuracy'
   c.best_mode = 'max'              # max | min
   c.early_stopping_patience = 0    # in evaluations; 0 turns it off
+  # The final report scores the test parts (False: validation only; sweep trials, whose sweep
+  # scores its best trial's test parts once, at its end).
+  c.final_test = True
   c.optimizer = ml_collections.ConfigDict(dict(name='adam', lr=1e-3, weight_decay=0.0,
                                                momentum=0.9))  # momentum: sgd only
   c.schedule = ml_collections.ConfigDict(dict(
@@ -76,6 +79,7 @@ def base_config():
       warmup_steps=0))
   # Segmentation: loss and metrics. loss '': 'bce+dice' for binary masks, 'ce+dice' else.
   c.loss = ''                      # bce | ce | dice or a sum such as 'bce+dice'
+  c.dice_weight = 1.0              # the Dice term's weight in a sum ('bce+dice': BCE + w * Dice)
   c.dice_over = 'image'            # soft Dice per image | per global 'batch' (rare classes)
   c.class_weights = placeholder(tuple)  # CE/BCE weight per class, background first
   c.ignore_empty = True            # a class absent from an image's truth: skipped (MONAI)

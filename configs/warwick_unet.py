@@ -39,7 +39,8 @@ def get_config(arg=None):
   c.data.crop_size = 256
   c.data.augment = augment.FLIPS_ONLY if arg.flips_only else augment.default_params()
   c.data.repeats_per_epoch = 8       # an "epoch": 8 random crops per training image
-  c.model = dict(name='unet', features=(64, 128, 256, 512, 1024), dropout=0.0)
+  # base_width > 0: widths base_width * (1, 2, 4, 8, 16) instead of `features` (sweeps).
+  c.model = dict(name='unet', features=(64, 128, 256, 512, 1024), base_width=0, dropout=0.0)
   c.dtype = 'float32' if arg.fp32 else 'bfloat16'
   c.loss = 'bce+dice'
   c.dice_over = 'image'  # soft Dice per crop ('batch': pooled over the global batch)
@@ -67,7 +68,7 @@ def get_config(arg=None):
     c.data.scale = 0.5               # 192 px crops see 384 px of tissue
     c.data.crop_size = 192
     c.data.workers = '1'
-    c.model = dict(name='unet', features=(16, 32, 64, 128, 256), dropout=0.0)
+    c.model = dict(name='unet', features=(16, 32, 64, 128, 256), base_width=0, dropout=0.0)
     c.dtype = 'float32'              # bf16 is no faster on CPU (benchmarks/NOTES.md)
     c.batch_size = 8
     c.total_steps = 2500

@@ -67,8 +67,8 @@ def final_report(config, workdir, task, model, state, splits, evaluate, writer, 
                  record, uninterruptible=contextlib.nullcontext):
   """The selected checkpoint scored on val (post-processing chosen there), then on every test
   part (read only here); W/report.md, W/postprocess.json, and W/final.json (`record` plus the
-  results, which a re-run of the finished run returns). The final rows and final.json are
-  written inside `uninterruptible()` (the stop watcher waits for it). Returns {part: scalars}."""
+  results, which a re-run of the finished run returns); `config.final_test` False: val only.
+  The final rows and final.json are written inside `uninterruptible()` (the stop watcher waits for it). Returns {part: scalars}."""
   is_main = jax.process_index() == 0
   final_step = int(state.step)
   started = time.time()
@@ -83,20 +83,24 @@ def final_report(config, workdir, task, model, state, splits, evaluate, writer, 
     rows.append({f'final_val/{k}': v for k, v in results['val'].scalars.items()})
     if is_main:  # before any test part is read; --mode=predict applies the same
       workdir_lib.write_json_atomic(workdir / 'postprocess.json', postprocess)
-  for part, source in splits.tests.items():
+  tests = splits.tests if config.final_test else {}  # final_test=False: a sweep's trial
+  if not tests:
+    logging.info('final_test=False: validation only; the test parts are not read.')
+  for part, source in tests.items():
     results[part] = evaluate(state, source, postprocess, part=part)
     rows.append({f'{part}/{k}': v for k, v in results[part].scalars.items()})
-  pooled = task.pool_tests([results[p] for p in splits.tests]) if len(splits.tests) > 1 else None
+  pooled = task.pool_tests([results[p] for p in tests]) if len(tests) > 1 else None
   if pooled is not None:
     results['test'] = pooled
     rows.append({f'test/{k}': v for k, v in pooled.scalars.items()})
   extra = []
   if is_main:
-    if 'val' not in results:  # the config's settings, as the test parts were scored
+    if 'val' not in results and results:  # the config's settings, as the test parts were scored
       workdir_lib.write_json_atomic(workdir / 'postprocess.json',
                                     next(iter(results.values())).postprocess)
-    part = next(iter(splits.tests))
-    extra = task.explain(model, state, splits.tests[part], workdir, part)
+    if tests:
+      part = next(iter(tests))
+      extra = task.explain(model, state, tests[part], workdir, part)
   totals = cost.scalars('cost')  # the whole run: every start, dataset build, this report
   rows.append(totals)
   scalars = {part: result.scalars for part, result in results.items()}

@@ -83,7 +83,9 @@ def header(config, final_step, loop, cost, steps_trained):
                  f'{cost["cost/cpu_seconds"]:.0f} CPU-s ({cost["cost/cpu_seconds"] / 3600:.2f} '
                  f'core-hours), over {loop.get("starts", 1)} start(s), this report included')
   lines.append('- validation: carved from the training data; test parts read only for this '
-               'report')
+               'report' if config.final_test else '- validation only (final_test=False: a '
+               'sweep trial; the sweep scores the test parts of its best trial once, at its '
+               'end)')
   return lines
 
 

@@ -5,6 +5,7 @@ Tasks differ only by config and by their task object (histojax/tasks/base.py: in
 metrics, evaluation, report sections). Data parallel: the batch is sharded over the mesh axis
 "data", the state is replicated, and jit inserts the gradient all-reduce.
 """
+import contextlib
 import json
 import logging
 import pathlib
@@ -106,16 +107,20 @@ def _improved(value, best, mode):
 EVAL_LOG_S = 10.0  # an evaluation's progress line at most this often; none if it is shorter
 
 
-def train_and_evaluate(config, workdir, mode='train', exit_on_signal=False):
+def train_and_evaluate(config, workdir, mode='train', exit_on_signal=False, on_eval=None):
   """Trains (resuming W's newest checkpoint) and writes the final report; mode='eval' only
   reports. Returns {part: scalars} of the final report (from W/final.json, unevaluated, when
-  the same finished run is started again), or None when stopped by a signal."""
+  the same finished run is started again), or None when stopped by a signal.
+
+  on_eval(step, epoch, val_scalars), when given, is called after each validation evaluation
+  during training (once that step is saved, if it is saved at all; epoch = step / steps per
+  epoch); it may raise to end the run, as a sweep's pruner does (histojax/sweep.py)."""
   workdir = pathlib.Path(workdir)
   with workdir_lib.Lock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, mode, exit_on_signal)
+    return _train_and_evaluate(config, workdir, mode, exit_on_signal, on_eval)
 
 
-def _train_and_evaluate(config, workdir, mode, exit_on_signal):
+def _train_and_evaluate(config, workdir, mode, exit_on_signal, on_eval):
   is_main = jax.process_index() == 0
   workdir_lib.check_values(config)
   pipeline.resolve_workers(config.data.workers)  # a bad value fails before anything runs
@@ -136,15 +141,16 @@ def _train_and_evaluate(config, workdir, mode, exit_on_signal):
       # The watcher may end the process (os._exit): only when launch.py owns it, never a
       # notebook or test that calls this function.
       with stopping.StopGuard(enabled=mode == 'train',
-                              watch=exit_on_signal and jax.process_count() == 1) as guard:
-        return _run(config, workdir, mode, ckpts, writer, guard)
+                              watch=exit_on_signal and jax.process_count() == 1) as guard, \
+          contextlib.ExitStack() as closing:  # the training stream's workers, however it ends
+        return _run(config, workdir, mode, ckpts, writer, guard, closing, on_eval)
     finally:
       writer.close()
   finally:
     ckpts.close()
 
 
-def _run(config, workdir, mode, ckpts, writer, guard):
+def _run(config, workdir, mode, ckpts, writer, guard, closing, on_eval):
   is_main = jax.process_index() == 0
   single = jax.process_count() == 1  # several hosts agree on a stop at log steps instead
 
@@ -166,6 +172,10 @@ def _run(config, workdir, mode, ckpts, writer, guard):
     logging.warning('No validation examples: no model selection and no early stopping; the '
                     'final report evaluates the last checkpoint.')
   task = tasks.get_task(config, splits.info)
+  val_metrics = {f'val/{name}' for name in task.metric_names()}
+  if has_val and config.best_metric not in val_metrics:
+    raise errors.ConfigError(f'config.best_metric={config.best_metric!r} is not a validation '
+                             f'metric of this task; choose one of {sorted(val_metrics)}.')
   repeats = config.data.repeats_per_epoch
   per_epoch = pipeline.steps_per_epoch(len(splits.train) * repeats, config.batch_size)
   total_steps = schedules.steps('total', config, per_epoch)
@@ -173,10 +183,10 @@ def _run(config, workdir, mode, ckpts, writer, guard):
   eval_every = schedules.steps('eval_every', config, per_epoch, default=total_steps)
   ckpt_every = schedules.steps('ckpt_every', config, per_epoch, default=total_steps)
   def train_stream(start_batch):  # one batch per step: the step is the stream's position
-    return pipeline.train_stream(
+    return closing.enter_context(contextlib.closing(pipeline.train_stream(
         splits.train, global_batch=config.batch_size, seed=config.seed, workers=workers,
         transform=task.train_transform, repeats_per_epoch=repeats, start_batch=start_batch,
-        **hosts)
+        **hosts)))
 
   # ---------------------------------------------------------- model, optimizer
   model = models.get_model(config, task.out_channels)
@@ -367,11 +377,11 @@ def _run(config, workdir, mode, ckpts, writer, guard):
         break
       guard.phase = phase
       val = {f'val/{k}': v for k, v in result.scalars.items()}
+      if set(val) != val_metrics:  # the contract sweeps and best_metric are checked against
+        raise RuntimeError(f'{type(task).__name__}.metric_names() does not list what its '
+                           f'evaluation returned: {sorted(set(val) ^ val_metrics)}.')
       writer.write(step, val)
       writer.write_images(step, result.images)
-      if config.best_metric not in val:
-        raise KeyError(f'config.best_metric={config.best_metric!r} is not a validation metric; '
-                       f'choose one of {sorted(val)}.')
       if _improved(val[config.best_metric], loop['best_value'], config.best_mode):
         loop.update(best_step=step, best_value=val[config.best_metric], evals_since_best=0)
       else:
@@ -389,6 +399,8 @@ def _run(config, workdir, mode, ckpts, writer, guard):
         or (val is not None and loop['best_step'] == step)):
       flush_train_metrics()
       save(state)
+    if val is not None and on_eval is not None:
+      on_eval(step, step / per_epoch, val)
     if stop:
       if guard.requested:
         logging.info('%s: saved step %d; re-run the same command to resume.',

@@ -124,6 +124,15 @@ def _process_start():
 
 
 _STARTED = _process_start()
+_CPU_ORIGIN = 0.0  # CPU seconds of this process (and children) before the current run
+
+
+def reset_cost_origin():
+  """Counts the next run's cost from now rather than from process start: a sweep runs its
+  trials one after another in one process, each with its own CPU and wall time."""
+  global _STARTED, _CPU_ORIGIN
+  _STARTED, _CPU_ORIGIN = time.time(), 0.0
+  _CPU_ORIGIN = Cost().cpu_seconds()
 
 
 def child_pids():
@@ -171,7 +180,7 @@ class Cost:
   def cpu_seconds(self):
     t = os.times()
     return (self.carried_cpu + t.user + t.system + t.children_user + t.children_system
-            + _live_children_cpu())
+            + _live_children_cpu() - _CPU_ORIGIN)
 
   def wall_seconds(self):
     return self.carried_wall + time.time() - _STARTED

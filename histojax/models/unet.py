@@ -29,27 +29,32 @@ class UNet(nn.Module):
 
   `features` are the block widths from the top level to the bottleneck; there are
   len(features) - 1 pooling levels, so H and W must be divisible by 2**(len(features) - 1).
+  `base_width` > 0 replaces the widths by base_width * (1, 2, 4, ...), as many levels as
+  `features` has: one integer that a sweep can search (Optuna cannot sample tuples).
   """
   num_classes: int = 1                  # 1: a single binary-segmentation logit
   features: Sequence[int] = (64, 128, 256, 512, 1024)
+  base_width: int = 0                   # 0: `features` as given
   dropout: float = 0.0                  # applied to the bottleneck output
   dtype: jnp.dtype = jnp.float32        # compute dtype; params and BN statistics stay float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    depth = len(self.features) - 1
+    features = (tuple(self.base_width * 2**i for i in range(len(self.features)))
+                if self.base_width > 0 else tuple(self.features))
+    depth = len(features) - 1
     if x.ndim != 4 or x.shape[1] % 2**depth or x.shape[2] % 2**depth:
       raise ValueError(f'UNet with {depth} pooling levels needs NHWC input with H and W '
                        f'divisible by {2**depth}; got shape {tuple(x.shape)}.')
     x = x.astype(self.dtype)
     skips = []
-    for i, width in enumerate(self.features):
+    for i, width in enumerate(features):
       x = ConvBlock(width, dtype=self.dtype, name=f'down_{i}')(x, train)
       if i < depth:
         skips.append(x)
         x = layers.max_pool_2x2(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    for i, width in enumerate(reversed(self.features[:-1])):
+    for i, width in enumerate(reversed(features[:-1])):
       # torch's ConvTranspose2d default keeps its bias; so do we, for a like-for-like peer.
       x = layers.ConvTranspose2x2(width, kernel_init=he_init, dtype=self.dtype,
                                   name=f'upconv_{i}')(x)

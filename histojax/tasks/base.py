@@ -84,6 +84,12 @@ class Task(abc.ABC):
     given, is called after each example or batch (it logs, and may raise errors.StopRequested
     to end the evaluation early)."""
 
+  @abc.abstractmethod
+  def metric_names(self) -> tuple[str, ...]:
+    """The keys of `evaluate(...).scalars`, known before anything is evaluated: the names a
+    config's best_metric and a sweep's metric are checked against (the loop checks each
+    evaluation's keys against them)."""
+
   def select_on_val(self, val: EvalResult) -> EvalResult:
     """Chooses the post-processing on the validation result (never on test) and returns the
     validation result scored with that choice in `.postprocess`. Default: nothing to choose."""

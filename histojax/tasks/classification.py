@@ -163,6 +163,14 @@ class ClassificationTask(base.Task):
       out.update({f'image_{k}': v for k, v in cls_metrics.scalars(image_metrics).items()})
     return out, details
 
+  def metric_names(self):
+    k = self.num_classes  # the summary of an evaluation of nothing has every key
+    nothing = {'confusion': np.zeros((k, k), np.int64), 'loss': np.nan}
+    if self.num_images:
+      nothing['image_votes'] = {'probs': np.zeros((1, k)), 'labels': np.zeros((1, k))}
+    with np.errstate(all='ignore'):
+      return tuple(self.summarize(nothing)[0])
+
   def evaluate(self, model, state, source, *, mesh, postprocess=None, process_index=0,
                process_count=1, progress=None):
     """Batched jitted evaluation; padded examples are masked out, so each counts once."""

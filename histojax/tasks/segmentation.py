@@ -33,6 +33,7 @@ class SegmentationTask(base.Task):
     self.std = jnp.asarray(config.data.std, jnp.float32)
     self.loss_name = config.loss or ('bce+dice' if self.binary else 'ce+dice')
     self.loss_terms = set(self.loss_name.split('+'))
+    self.dice_weight = float(config.dice_weight)  # loss = BCE/CE + dice_weight * soft Dice
     known = {'bce', 'dice'} if self.binary else {'ce', 'dice'}
     if not self.loss_terms <= known:
       raise ValueError(f'Unknown loss {self.loss_name!r} (config key: loss); '
@@ -125,7 +126,8 @@ class SegmentationTask(base.Task):
       inter = jnp.sum(probs * onehot, axis=axes)
       denom = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
       dice = 1.0 - jnp.mean((2 * inter + 1.0) / (denom + 1.0), axis=-1)
-      terms.append(jnp.broadcast_to(dice, mask.shape[:1]))  # batch: the same term per row
+      # batch: the same term per row
+      terms.append(self.dice_weight * jnp.broadcast_to(dice, mask.shape[:1]))
     return sum(terms)
 
   def _labels(self, logits):
@@ -178,10 +180,7 @@ class SegmentationTask(base.Task):
                            axis_types=(jax.sharding.AxisType.Auto,))
       state = jax.device_put(jax.tree.map(lambda x: x.addressable_data(0), state),
                              sharding.replicated(mesh))
-    pixels = seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
-                                             ignore_empty=self.ignore_empty)
-    glas = objects.GlaSMetrics() if self.object_metrics else None
-    detection = detection_lib.DetectionMetrics() if self.detection else None
+    pixels, glas, detection = self._accumulators()
     # Kept for select_on_val, so that only the final report scores every candidate.
     choose = {k: len(self.candidates[k]) > 1 and k in settings for k in self.candidates}
     object_pairs = [] if choose['object_min_size'] else None
@@ -219,6 +218,18 @@ class SegmentationTask(base.Task):
                'detection': detection, 'split_pairs': split_pairs, 'panels': panels}
     return base.EvalResult(self._scalars(details), details, self._images(panels), settings)
 
+  def _accumulators(self):
+    """Empty (pixel, GlaS object, detection) metric accumulators; None where not scored."""
+    return (seg_metrics.SegmentationMetrics(self.num_classes, self.class_names,
+                                            ignore_empty=self.ignore_empty),
+            objects.GlaSMetrics() if self.object_metrics else None,
+            detection_lib.DetectionMetrics() if self.detection else None)
+
+  def metric_names(self):
+    pixels, glas, detection = self._accumulators()  # the scalars of an evaluation of nothing
+    with np.errstate(all='ignore'):
+      return tuple(self._scalars({'pixels': pixels, 'glas': glas, 'detection': detection}))
+
   def _scalars(self, details):
     pixels = details['pixels']
     computed = pixels.compute()
@@ -232,8 +243,10 @@ class SegmentationTask(base.Task):
     if details['detection'] is not None:
       d = details['detection'].compute()
       out.update({f'detection_{k}': d[k] for k in ('precision', 'recall', 'f1')})
-      for c, f1 in enumerate(d.get('class_f1', [])):
-        out[f'detection_f1_{self.class_names[c + 1]}'] = float(f1)
+      if not self.binary:  # per nucleus type; NaN before any image is scored
+        class_f1 = d.get('class_f1', np.full(self.num_classes - 1, np.nan))
+        for c, f1 in enumerate(class_f1):
+          out[f'detection_f1_{self.class_names[c + 1]}'] = float(f1)
     return {k: float(v) for k, v in out.items()}
 
   def _images(self, panels, n=2):
