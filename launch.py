@@ -88,7 +88,7 @@ def _main(argv):
     setup_console()
     from histojax import sweep  # pylint: disable=g-import-not-at-top
     sweep.run(config, _config_spec(argv), FLAGS.sweep, FLAGS.workdir, FLAGS.storage,
-              FLAGS.sweep_workers, FLAGS.study_name, argv=sys.argv)
+              FLAGS.sweep_workers, FLAGS.study_name, argv=sys.argv, exit_on_signal=True)
     return
   if config is None:
     if FLAGS.mode != 'eval':

@@ -37,10 +37,10 @@ class StudyMismatch(errors.UserError):
 
 
 def run(config, config_spec, sweep_path_arg, workdir, storage_url=None, workers=1,
-        study_name=None, argv=None):
-  """The `--mode=sweep` entry point. Returns the study's best {'trial', 'value', ...} or
-  None. `argv` is the command line (for the workers --sweep_workers starts, and the best
-  trial's command in sweep.md)."""
+        study_name=None, argv=None, exit_on_signal=False):
+  """The `--mode=sweep` entry point. Returns the study's best {'trial', 'value', 'params',
+  'test'} or None. `argv` is the command line (for the workers --sweep_workers starts, and
+  the best trial's command in sweep.md); exit_on_signal as in train.train_and_evaluate."""
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   argv = list(argv if argv is not None else sys.argv)
@@ -53,7 +53,7 @@ def run(config, config_spec, sweep_path_arg, workdir, storage_url=None, workers=
   if workers > 1:
     return _start_workers(argv, workers)
   study, storage = _open_study(config, config_spec, sweep, metric, direction, url, name, argv)
-  worker = Worker(study, storage, config, sweep, metric, workdir, url)
+  worker = Worker(study, storage, config, sweep, metric, workdir, url, exit_on_signal)
   if not worker.loop():
     return None
   return worker.finish_if_last()
@@ -89,7 +89,6 @@ def _open_study(config, config_spec, sweep, metric, direction, url, name, argv):
   warnings.filterwarnings('ignore', category=optuna.exceptions.ExperimentalWarning)
   # Optuna expects heartbeats from Study.optimize; Worker.run_trial records them itself.
   warnings.filterwarnings('ignore', message='Heartbeat of storage is supposed to be used')
-  storage = sweep_storage.open_storage(url, failed_trial_callback=retry)
   samplers = {
       'tpe': lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
       'random': lambda seed: optuna.samplers.RandomSampler(seed=seed),
@@ -109,6 +108,8 @@ def _open_study(config, config_spec, sweep, metric, direction, url, name, argv):
             'config_values': _comparable(config),
             'command': _command(argv)}
   with sweep_storage.study_lock(url, name):
+    # Under the lock: the first worker creates the tables, which two at once cannot.
+    storage = sweep_storage.open_storage(url, failed_trial_callback=retry)
     exists = name in optuna.study.get_all_study_names(storage)
     # The worker that creates the study samples from sweep.seed (a one-worker sweep is
     # reproducible); any other worker or re-run mixes in its process and the trials so far,
@@ -178,9 +179,11 @@ def budget_used(trials):
 class Worker:
   """One process working on the study: asks for trials and runs them, one at a time."""
 
-  def __init__(self, study, storage, config, sweep, metric, workdir, url):
+  def __init__(self, study, storage, config, sweep, metric, workdir, url, exit_on_signal):
     self.study, self.storage, self.config, self.sweep = study, storage, config, sweep
     self.metric, self.workdir, self.url = metric, workdir, url
+    self.exit_on_signal = exit_on_signal
+    self.ran_trials = False
     self.distributions = sweep_spec.distributions(sweep)
     self.host = socket.gethostname()
 
@@ -211,6 +214,7 @@ class Worker:
   def loop(self):
     """Runs trials until the study has its num_trials. False when stopped by a signal."""
     while (trial := self._next_trial()) is not None:
+      self.ran_trials = True
       if not self.run_trial(trial):
         return False
     return True
@@ -242,8 +246,8 @@ class Worker:
     state, value = optuna.trial.TrialState.FAIL, None
     try:
       with sweep_storage.Heartbeat(self.storage, trial._trial_id):  # pylint: disable=protected-access
-        results = train.train_and_evaluate(config, trial_dir, 'train', exit_on_signal=True,
-                                           on_eval=on_eval)
+        results = train.train_and_evaluate(config, trial_dir, 'train', on_eval=on_eval,
+                                           exit_on_signal=self.exit_on_signal)
       if results is None:  # stopped by SIGTERM/SIGINT, its state saved: retried on re-run
         self._interrupted(trial)
         logging.info('Sweep stopped during trial %d; re-run the same command to go on.',
@@ -292,9 +296,18 @@ class Worker:
         logging.info('Sweep: %d trial(s) still running elsewhere; the last worker writes '
                      'sweep.md.', len(active))
         return None
+      # Workers finishing together: the first writes; the others see the study unchanged
+      # since. A run that ran no trial (the command again over a finished study) writes.
+      finished = [[t.number, t.state.name] for t in self.study.get_trials(deepcopy=False)]
+      if self.ran_trials and self.study.user_attrs.get('reported') == finished:
+        logging.info('Sweep: another worker wrote the report of this study (%s).',
+                     self.study.user_attrs.get('reported_by'))
+        return None
       best = test_best(self.study, self.config)
       path = sweep_report.write(self.study, self.workdir, sweep_storage.redact(self.url),
                                 self.metric)
+      self.study.set_user_attr('reported', finished)
+      self.study.set_user_attr('reported_by', f'{self.host}:{path}')
     logging.info('Sweep report: %s', path)
     return best
 

@@ -23,6 +23,7 @@ arguments are: configs/common.py `parse_arg`) with:
 Every mistake is one SweepError naming the file and the key.
 """
 import copy
+import difflib
 import importlib.util
 import math
 import pathlib
@@ -114,7 +115,7 @@ def check(sweep, path, config, metric_names):
     key = param.get('key')
     at = f'{where}: space[{i}] ({key!r})'
     if key not in fields:
-      near = sorted(k for k in fields if k.split('.')[-1] == str(key).split('.')[-1])
+      near = difflib.get_close_matches(str(key), list(fields), n=3)
       raise SweepError(f'{at}: unknown config field {key!r}' +
                        (f'; did you mean {near}?' if near else '.'))
     if key in seen:
