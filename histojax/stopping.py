@@ -29,6 +29,24 @@ from histojax import writers
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_S = 2.0  # the main thread may stop by itself within it (it was between bytecodes)
+RECEIVED = []  # every SIGTERM/SIGINT that a handler of this module saw, in order
+
+
+@contextlib.contextmanager
+def recorded_stops():
+  """Between the runs of one process (a sweep's trials): SIGTERM and SIGINT are recorded
+  instead of ending the process (a StopGuard takes over during each run, and records them
+  too). Yields a callable: the signals received since entering, so that the caller starts
+  no new run. Main thread only."""
+  start = len(RECEIVED)
+  old = {sig: signal.getsignal(sig) for sig in SIGNALS}
+  for sig in SIGNALS:
+    signal.signal(sig, lambda signum, frame: RECEIVED.append(signal.Signals(signum).name))
+  try:
+    yield lambda: RECEIVED[start:]
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
 
 
 class StopGuard:
@@ -70,6 +88,7 @@ class StopGuard:
       signal.signal(signum, signal.SIG_DFL)
       os.kill(os.getpid(), signum)
     self.requested.append(signal.Signals(signum).name)
+    RECEIVED.append(self.requested[-1])
 
   def __enter__(self):
     if not self.enabled:

@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 
-from histojax import errors, sweep_report, sweep_spec, sweep_storage, writers
+from histojax import errors, stopping, sweep_report, sweep_spec, sweep_storage, writers
 from histojax import workdir as workdir_lib
 
 
@@ -212,10 +212,17 @@ class Worker:
       return trial
 
   def loop(self):
-    """Runs trials until the study has its num_trials. False when stopped by a signal."""
-    while (trial := self._next_trial()) is not None:
-      self.ran_trials = True
-      if not self.run_trial(trial):
+    """Runs trials until the study has its num_trials. False when stopped by a signal: one
+    during a trial saves it (retried on re-run); one after a trial's last evaluation lets
+    it finish; no new trial starts after either."""
+    with stopping.recorded_stops() as received:
+      while not received() and (trial := self._next_trial()) is not None:
+        self.ran_trials = True
+        if not self.run_trial(trial):
+          return False
+      if received():
+        logging.info('%s: sweep stopped between trials; re-run the same command to go on.',
+                     received()[0])
         return False
     return True
 

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -277,3 +278,25 @@ def test_two_workers_on_postgresql_complete_the_trials_without_doing_one_twice(t
   written = [w for w in workdirs if (w / 'sweep.md').exists()]
   assert len(written) == 1
   assert 'postgresql://postgres@127.0.0.1' in (written[0] / 'sweep.md').read_text()
+
+
+def test_sigterm_during_a_trial_saves_it_and_stops_the_sweep(tmp_path):
+  workdir = tmp_path / 'w'
+  proc = launch(_sweep_args(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True)
+  deadline = time.time() + 300
+  while not (workdir / 'trials/0/checkpoints/10').is_dir():
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out
+  trials = _study(workdir, 'lr_batch:smoke').get_trials()
+  assert 'Sweep trial 1' not in out  # no new trial after the stop
+  # Trial 0 either finished before the signal was seen or was saved and is queued again.
+  if trials[0].state.name == 'FAIL':
+    assert 'Sweep stopped during trial 0' in out
+    assert [t.state.name for t in trials] == ['FAIL', 'WAITING']
+    assert trials[1].user_attrs['retry_of'] == 0
+  else:
+    assert 'sweep stopped between trials' in out
