@@ -103,7 +103,7 @@ def _open_study(config, config_spec, sweep, metric, direction, url, name, argv):
       'successive_halving': lambda: optuna.pruners.SuccessiveHalvingPruner(
           reduction_factor=p['reduction_factor']),
       'none': optuna.pruners.NopPruner}[p['name']]()
-  record = {'config': config_spec, 'metric': sweep.metric, 'direction': direction,
+  record = {'config': config_spec, 'metric': f'final_val/{metric}', 'direction': direction,
             'space': [dict(x) for x in sweep.space],
             'config_values': _comparable(config),
             'command': _command(argv)}

@@ -6,7 +6,8 @@ arguments are: configs/common.py `parse_arg`) with:
          log_uniform('optimizer.lr', 1e-4, 1e-2), uniform(...), integer('model.base_width',
          8, 32, step=8), categorical('batch_size', (32, 64, 128)).
   metric: 'final_val/<m>': <m> of the selected checkpoint's final validation report; the
-         pruner sees `val/<m>` after every evaluation. Sweeps never look at test.
+         pruner sees `val/<m>` after every evaluation. Sweeps never look at test. '' (the
+         default): the config's best_metric.
   direction: 'maximize' | 'minimize' | '' (the config's best_mode when `val/<m>` is its
          best_metric).
   num_trials: trials in the study, over every worker and machine (an interrupted trial that
@@ -144,9 +145,10 @@ def check(sweep, path, config, metric_names):
                        'categorical (histojax/sweep_spec.py).')
     for value in values:
       apply(config, {key: value}, at)
-  m = metric_name(sweep.metric, where)
+  m = (metric_name(sweep.metric, where) if sweep.metric
+       else config.best_metric.split('/', 1)[-1])  # '': the config's own selection metric
   if m not in metric_names:
-    raise SweepError(f'{where}: metric {sweep.metric!r} is not a validation metric of this '
+    raise SweepError(f'{where}: metric {sweep.metric or m!r} is not a validation metric of this '
                      f'task; choose final_val/<m> with <m> one of {sorted(metric_names)}.')
   direction = sweep.direction
   if not direction:

@@ -366,3 +366,14 @@ def test_torch_import_cli_with_stub_torch(tmp_path):
   with np.load(tmp_path / 'out.npz') as f:
     assert sorted(f.files) == sorted(sd)
     np.testing.assert_array_equal(f['layer3.1.conv2.weight'], sd['layer3.1.conv2.weight'])
+
+
+def test_unet_base_width_doubles_per_level():
+  model = unet.UNet(num_classes=1, features=(1, 1, 1), base_width=4)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  widths = [variables['params'][f'down_{i}']['Conv_0']['kernel'].shape[-1] for i in range(3)]
+  assert widths == [4, 8, 16]
+  assert variables['params']['up_1']['Conv_0']['kernel'].shape[-1] == 4
+  plain = unet.UNet(num_classes=1, features=(3, 5, 7)).init(jax.random.key(0),
+                                                           jnp.zeros((1, 16, 16, 3)))
+  assert plain['params']['down_2']['Conv_0']['kernel'].shape[-1] == 7

@@ -140,3 +140,17 @@ def test_detection_split_is_chosen_on_val_and_applied_to_test():
   test = task.evaluate(None, None, [example], mesh=None, postprocess=chosen.postprocess)
   assert test.scalars['detection_f1'] == 1.0
   assert 'chosen on val' in chosen.notes[0]
+
+
+def test_dice_weight_scales_the_dice_term():
+  mask = jnp.zeros((2, 8, 8), jnp.int32).at[:, 2:6, 2:6].set(1)
+  logits = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+
+  def loss(weight):
+    config = _config(loss='bce+dice', dice_weight=weight)
+    task = segmentation.SegmentationTask(config, {'num_classes': 2})
+    return np.asarray(task.loss(logits, {'mask': mask}))
+  bce = np.asarray(_task(2, 'bce').loss(logits, {'mask': mask}))
+  dice = np.asarray(_task(2, 'dice').loss(logits, {'mask': mask}))
+  np.testing.assert_allclose(loss(0.0), bce, rtol=1e-6)
+  np.testing.assert_allclose(loss(2.5), bce + 2.5 * dice, rtol=1e-6)

@@ -73,6 +73,11 @@ def test_smoke_sweep_writes_sweep_md_and_figures_and_reads_test_once(tmp_path):
       assert 'validation only' in (workdir / 'trials' / str(t.number) / 'report.md').read_text()
     assert final['results']['val']['accuracy'] == pytest.approx(values[t.number])
     assert final['config']['final_test'] is (t.number == best['trial'])
+    # Each trial's cost is its own (the trials share one process): not the sweep's so far.
+    cost = [r for r in _rows(workdir / 'trials' / str(t.number) / 'metrics.jsonl')
+            if 'cost/wall_seconds' in r][0]
+    span = (t.datetime_complete - t.datetime_start).total_seconds()
+    assert 0 < cost['cost/wall_seconds'] <= span + 1
   # The best trial's test part: read once, recorded in the study and in sweep.md.
   best_dir = workdir / 'trials' / str(best['trial'])
   test_rows = [r for r in _rows(best_dir / 'metrics.jsonl') if 'test/accuracy' in r]
@@ -300,3 +305,64 @@ def test_sigterm_during_a_trial_saves_it_and_stops_the_sweep(tmp_path):
     assert trials[1].user_attrs['retry_of'] == 0
   else:
     assert 'sweep stopped between trials' in out
+
+
+# ------------------------------------------------------------------------ no training
+@pytest.mark.parametrize('config_spec, sweep_spec', [
+    ('configs/mnist_cnn.py:cpu', 'sweeps/lr_batch.py'),
+    ('configs/mnist_cnn.py:smoke', 'sweeps/lr_batch.py:smoke'),
+    ('configs/nuclei_resnet18.py:cpu', 'sweeps/lr_batch.py'),
+    ('configs/warwick_unet.py:cpu', 'sweeps/glas_unet.py'),
+    ('configs/warwick_unet.py:smoke', 'sweeps/glas_unet.py:smoke'),
+])
+def test_shipped_sweeps_fit_their_configs(config_spec, sweep_spec):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from histojax import sweep_spec as spec_lib  # pylint: disable=g-import-not-at-top
+  from histojax.tasks import classification, segmentation  # pylint: disable=g-import-not-at-top
+  path, _, arg = config_spec.partition(':')
+  config = importlib.import_module(path[:-3].replace('/', '.')).get_config(arg)
+  sweep, file = spec_lib.load(ROOT / sweep_spec)
+  info = {'num_classes': 2, 'instance_masks': True} if config.task == 'segmentation' else {
+      'num_classes': 10 if config.dataset == 'mnist' else 4}
+  task = (segmentation.SegmentationTask if config.task == 'segmentation' else
+          classification.ClassificationTask)(config, info)
+  metric, direction = spec_lib.check(sweep, file, config, task.metric_names())
+  assert direction == 'maximize' and f'val/{metric}' == config.best_metric
+  for point in sweep.enqueue:  # the enqueued points lie in the space
+    dists = spec_lib.distributions(sweep)
+    assert all(dists[k]._contains(dists[k].to_internal_repr(v)) for k, v in point.items())  # pylint: disable=protected-access
+
+
+def test_budget_counts_a_retried_trial_once():
+  import optuna  # pylint: disable=g-import-not-at-top
+  from histojax import sweep  # pylint: disable=g-import-not-at-top
+  study = optuna.create_study()
+  dist = {'x': optuna.distributions.FloatDistribution(0, 1)}
+  for number, (state, attrs) in enumerate([('COMPLETE', {}), ('FAIL', {}),
+                                           ('WAITING', {'retry_of': 1}), ('PRUNED', {})]):
+    study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState[state], params={'x': 0.5}, distributions=dist,
+        value=0.1 if state == 'COMPLETE' else None, user_attrs=attrs,
+        intermediate_values={100: 0.1} if state == 'PRUNED' else None))
+    del number
+  assert sweep.budget_used(study.get_trials()) == 3
+
+
+def test_process_keys_tell_a_reused_pid_from_the_process():
+  from histojax import sweep  # pylint: disable=g-import-not-at-top
+  me = sweep._process_key(os.getpid())  # pylint: disable=protected-access
+  assert sweep._alive(me)  # pylint: disable=protected-access
+  pid, start = me.split(':')
+  assert not sweep._alive(f'{pid}:{int(start) + 1}')  # pylint: disable=protected-access
+  child = subprocess.Popen(['true'])
+  child.wait()
+  assert not sweep._alive(sweep._process_key(child.pid))  # pylint: disable=protected-access
+
+
+def test_a_config_whose_best_metric_the_task_lacks_fails_before_training(tmp_path):
+  from histojax import errors, train  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.best_metric = 'val/dice'
+  with pytest.raises(errors.ConfigError, match="best_metric='val/dice' is not a validation"):
+    train.train_and_evaluate(config, tmp_path / 'w')
+  assert not list((tmp_path / 'w').glob('checkpoints/*'))
