@@ -9,9 +9,10 @@ r"""histojax entry point.
 `--mode=train` trains (resuming from W's latest checkpoint if there is one), then evaluates the
 best checkpoint on the test split and writes W/report.md. `--mode=eval` only does the latter.
 `--mode=predict` applies W's best checkpoint to new images. `--mode=sweep` runs an Optuna
-study of trials W/trials/<n> (histojax/sweep.py), then writes W/sweep.md. In eval and predict, --config is
-optional (W/config.json is used); given, its run-time settings (inference.*, eval batch, report
-options) apply, and keys that shape the model or data must match the run's.
+study of trials W/trials/<n> (histojax/sweep.py), then writes W/sweep.md. In eval and
+predict, --config is optional (W/config.json is used); given, its run-time settings
+(inference.*, eval batch, report options) apply, and keys that shape the model or data must
+match the run's.
 
 Expected errors (bad data, a bad config value, a refused workdir, a diverged loss) print one
 message and exit with status 1; `--debug` shows their traceback.
@@ -87,7 +88,7 @@ def _main(argv):
       raise app.UsageError('--sweep_workers must be >= 1.')
     setup_console()
     from histojax import sweep  # pylint: disable=g-import-not-at-top
-    sweep.run(config, _config_spec(argv), FLAGS.sweep, FLAGS.workdir, FLAGS.storage,
+    sweep.run(config, _config_spec(), FLAGS.sweep, FLAGS.workdir, FLAGS.storage,
               FLAGS.sweep_workers, FLAGS.study_name, argv=sys.argv, exit_on_signal=True)
     return
   if config is None:
@@ -107,9 +108,8 @@ def _main(argv):
   train.train_and_evaluate(config, FLAGS.workdir, mode=FLAGS.mode, exit_on_signal=True)
 
 
-def _config_spec(argv):
+def _config_spec():
   """The --config value as given (configs/x.py:arg), for the sweep's record."""
-  del argv
   for i, arg in enumerate(sys.argv):
     if arg.startswith('--config='):
       return arg.split('=', 1)[1]

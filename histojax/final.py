@@ -68,7 +68,8 @@ def final_report(config, workdir, task, model, state, splits, evaluate, writer, 
   """The selected checkpoint scored on val (post-processing chosen there), then on every test
   part (read only here); W/report.md, W/postprocess.json, and W/final.json (`record` plus the
   results, which a re-run of the finished run returns); `config.final_test` False: val only.
-  The final rows and final.json are written inside `uninterruptible()` (the stop watcher waits for it). Returns {part: scalars}."""
+  The final rows and final.json are written inside `uninterruptible()` (the stop watcher
+  waits for it). Returns {part: scalars}."""
   is_main = jax.process_index() == 0
   final_step = int(state.step)
   started = time.time()

@@ -36,12 +36,19 @@ RECEIVED = []  # every SIGTERM/SIGINT that a handler of this module saw, in orde
 def recorded_stops():
   """Between the runs of one process (a sweep's trials): SIGTERM and SIGINT are recorded
   instead of ending the process (a StopGuard takes over during each run, and records them
-  too). Yields a callable: the signals received since entering, so that the caller starts
-  no new run. Main thread only."""
+  too); a second one ends it at once. Yields a callable: the signals received since
+  entering, so that the caller starts no new run. Main thread only."""
   start = len(RECEIVED)
   old = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+  def record(signum, frame):
+    del frame
+    if len(RECEIVED) > start:  # a second one: stop now, as StopGuard does
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+    RECEIVED.append(signal.Signals(signum).name)
   for sig in SIGNALS:
-    signal.signal(sig, lambda signum, frame: RECEIVED.append(signal.Signals(signum).name))
+    signal.signal(sig, record)
   try:
     yield lambda: RECEIVED[start:]
   finally:

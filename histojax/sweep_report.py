@@ -122,8 +122,12 @@ def write(study, workdir, storage, metric, out=None):
         lines.append(f'- {part}/{metric}: {report.fmt(scalars.get(metric))} (test read once, '
                      'for this trial only)')
     else:
-      lines.append('- test: not scored yet (the best trial ran on another machine, or the '
-                   'sweep is not finished)')
+      lines.append('- test: not scored yet (the best trial ran on another machine: run the '
+                   'sweep command again there)')
+    earlier = [n for n in attrs.get('tested', []) if n != best.number]
+    if earlier:
+      lines.append(f'- test parts were also read for trials {earlier}, each the best when '
+                   'its sweep ended (the study was extended since)')
     lines.append('')
   lines += ['## Trials', '',
             '| # | state | ' + ' | '.join(f'`{k}`' for k in keys) +

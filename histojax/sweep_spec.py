@@ -101,11 +101,10 @@ def load(spec):
 
 
 # ----------------------------------------------------------------------------- checking
-def check(sweep, path, config, metric_names):
+def check(sweep, path, config):
   """Raises SweepError unless every parameter is a config field of a fitting type with a
-  non-empty range, the metric is a validation metric of the task (`metric_names`: what its
-  evaluation returns), and sampler, pruner and enqueued points make sense. Returns
-  (metric name <m>, direction)."""
+  non-empty range, sampler and pruner exist, and every enqueued point (the config's own values
+  with enqueue_defaults) lies in the space. Needs no data: it runs first."""
   where = f'{path}'
   fields = workdir_lib.flatten(config.to_dict())
   if not sweep.space:
@@ -131,6 +130,8 @@ def check(sweep, path, config, metric_names):
         raise SweepError(f'{at}: a log range needs low > 0, got {low}.')
       if kind == 'int' and (param['step'] < 1 or (param['high'] - low) % param['step']):
         raise SweepError(f'{at}: step {param["step"]} must be >= 1 and divide high - low.')
+      if kind == 'int' and param.get('log') and param['step'] != 1:
+        raise SweepError(f'{at}: a log integer range takes no step (Optuna).')
       values = (low, high)
     elif kind == 'categorical':
       values = param['choices']
@@ -145,6 +146,40 @@ def check(sweep, path, config, metric_names):
                        'categorical (histojax/sweep_spec.py).')
     for value in values:
       apply(config, {key: value}, at)
+  if int(sweep.num_trials) < 1:
+    raise SweepError(f'{where}: num_trials must be >= 1, got {sweep.num_trials}.')
+  if sweep.sampler not in SAMPLERS:
+    raise SweepError(f'{where}: sampler {sweep.sampler!r}; use one of {SAMPLERS}.')
+  if sweep.sampler == 'grid':
+    grid(sweep, where)
+  pruner = dict(sweep.pruner)
+  if pruner['name'] not in PRUNERS:
+    raise SweepError(f'{where}: pruner name {pruner["name"]!r}; use one of {PRUNERS}.')
+  unknown = sorted(set(pruner) - set(defaults().pruner))
+  if unknown:
+    raise SweepError(f'{where}: unknown pruner key(s) {unknown}; known: '
+                     f'{sorted(defaults().pruner)}.')
+  dists = distributions(sweep)
+  for i, point in enumerate(points(sweep, config)):
+    at = (f'{where}: enqueue_defaults (the config\'s own values)'
+          if sweep.enqueue_defaults and i == 0 else f'{where}: enqueue point {dict(point)}')
+    extra = sorted(set(point) - seen)
+    if extra:
+      raise SweepError(f'{at} sets {extra}, not in the space.')
+    for key, value in point.items():
+      if not _inside(dists[key], value):
+        raise SweepError(f'{at}: {key}={value!r} lies outside the space '
+                         f'({_describe(key, sweep)}).')
+    apply(config, dict(point), at)
+  if len(points(sweep, config)) > int(sweep.num_trials):
+    raise SweepError(f'{where}: {len(points(sweep, config))} enqueued points but num_trials='
+                     f'{sweep.num_trials}: every enqueued point is a trial.')
+
+
+def check_metric(sweep, path, config, metric_names):
+  """(<m>, direction): `metric` is final_val/<m> with <m> among the task's validation metrics
+  (`metric_names`, what its evaluation returns); '' is the config's best_metric."""
+  where = f'{path}'
   m = (metric_name(sweep.metric, where) if sweep.metric
        else config.best_metric.split('/', 1)[-1])  # '': the config's own selection metric
   if m not in metric_names:
@@ -158,20 +193,31 @@ def check(sweep, path, config, metric_names):
     direction = 'maximize' if config.best_mode == 'max' else 'minimize'
   if direction not in ('maximize', 'minimize'):
     raise SweepError(f'{where}: direction {direction!r}; use maximize or minimize.')
-  if int(sweep.num_trials) < 1:
-    raise SweepError(f'{where}: num_trials must be >= 1, got {sweep.num_trials}.')
-  if sweep.sampler not in SAMPLERS:
-    raise SweepError(f'{where}: sampler {sweep.sampler!r}; use one of {SAMPLERS}.')
-  if sweep.sampler == 'grid':
-    grid(sweep, where)
-  if sweep.pruner['name'] not in PRUNERS:
-    raise SweepError(f'{where}: pruner name {sweep.pruner["name"]!r}; use one of {PRUNERS}.')
-  for point in sweep.enqueue:
-    extra = sorted(set(point) - seen)
-    if extra:
-      raise SweepError(f'{where}: enqueue point {dict(point)} sets {extra}, not in the space.')
-    apply(config, dict(point), f'{where}: enqueue')
   return m, direction
+
+
+def points(sweep, config):
+  """The points tried first: the config's own values (enqueue_defaults), then `enqueue`."""
+  out = [dict(x) for x in sweep.enqueue]
+  if sweep.enqueue_defaults:
+    values = workdir_lib.flatten(config.to_dict())
+    out.insert(0, {x['key']: values[x['key']] for x in sweep.space})
+  return out
+
+
+def _inside(distribution, value):
+  try:
+    # pylint: disable-next=protected-access
+    return distribution._contains(distribution.to_internal_repr(value))
+  except ValueError:  # a categorical value that is none of the choices
+    return False
+
+
+def _describe(key, sweep):
+  param = next(dict(p) for p in sweep.space if p['key'] == key)
+  if param['type'] == 'categorical':
+    return f'choices {list(param["choices"])}'
+  return f'[{param["low"]}, {param["high"]}]'
 
 
 def metric_name(metric, where):
@@ -204,8 +250,8 @@ def grid(sweep, where):
     elif param['type'] == 'int' and not param.get('log'):
       out[param['key']] = list(range(param['low'], param['high'] + 1, param['step']))
     else:
-      raise SweepError(f'{where}: sampler grid needs categorical or integer parameters; '
-                       f'{param["key"]!r} is a float range.')
+      raise SweepError(f'{where}: sampler grid needs categorical or (linear) integer '
+                       f'parameters; {param["key"]!r} is a {param["type"]} range.')
   return out
 
 

@@ -56,7 +56,10 @@ def study_lock(url, study_name):
   elif url.startswith('postgresql'):
     import sqlalchemy  # pylint: disable=g-import-not-at-top
     key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], 'big', signed=True)
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    # Autocommit: a session idle inside a transaction may be ended by the server
+    # (idle_in_transaction_session_timeout), and the lock with it.
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      isolation_level='AUTOCOMMIT')
     with engine.connect() as connection:
       connection.execute(sqlalchemy.text('SELECT pg_advisory_lock(:k)'), {'k': key})
       try:

@@ -6,6 +6,7 @@ before appending. Rows repeat when a run resumes from a checkpoint older than it
 line, or is extended after its final report: readers take, for each key, the last row that has
 it (`latest`), and for curves the last value per step (`by_step`).
 """
+import contextlib
 import json
 import logging
 import os
@@ -127,12 +128,19 @@ _STARTED = _process_start()
 _CPU_ORIGIN = 0.0  # CPU seconds of this process (and children) before the current run
 
 
-def reset_cost_origin():
-  """Counts the next run's cost from now rather than from process start: a sweep runs its
-  trials one after another in one process, each with its own CPU and wall time."""
+@contextlib.contextmanager
+def cost_from_now():
+  """Within it, a run counts its cost (CPU and wall seconds) from now instead of from process
+  start: a sweep runs its trials one after another in one process, each with its own cost.
+  Yields a Cost of what is spent within; the origin is restored on exit."""
   global _STARTED, _CPU_ORIGIN
-  _STARTED, _CPU_ORIGIN = time.time(), 0.0
-  _CPU_ORIGIN = Cost().cpu_seconds()
+  saved = _STARTED, _CPU_ORIGIN
+  now_cpu = Cost().cpu_seconds() + _CPU_ORIGIN  # the process total
+  _STARTED, _CPU_ORIGIN = time.time(), now_cpu
+  try:
+    yield Cost()
+  finally:
+    _STARTED, _CPU_ORIGIN = saved
 
 
 def child_pids():
