@@ -180,8 +180,8 @@ def check_metric(sweep, path, config, metric_names):
   """(<m>, direction): `metric` is final_val/<m> with <m> among the task's validation metrics
   (`metric_names`, what its evaluation returns); '' is the config's best_metric."""
   where = f'{path}'
-  m = (metric_name(sweep.metric, where) if sweep.metric
-       else config.best_metric.split('/', 1)[-1])  # '': the config's own selection metric
+  selection = config.best_metric  # '': the sweep's metric is the config's own
+  m = metric_name(sweep.metric, where) if sweep.metric else selection.split('/', 1)[-1]
   if m not in metric_names:
     raise SweepError(f'{where}: metric {sweep.metric or m!r} is not a validation metric of this '
                      f'task; choose final_val/<m> with <m> one of {sorted(metric_names)}.')
