@@ -132,13 +132,14 @@ def _open_study(config, config_spec, sweep, metric, direction, url, name, argv):
                                 sampler=_sampler(sweep, exists, name, storage),
                                 pruner=pruner, direction=direction, load_if_exists=True)
     saved = study.user_attrs
-    differ = [k for k in ('metric', 'direction', 'space', 'config_values')
-              if k in saved and _plain(saved[k]) != _plain(record[k])]
+    compared = [k for k in ('metric', 'direction', 'space', 'config_values') if k in saved]
+    differ = sorted(workdir_lib.changes({k: saved[k] for k in compared},
+                                        {k: record[k] for k in compared}))
     if differ:
       raise StudyMismatch(
           f'Study {name!r} in {sweep_storage.redact(url)} was made by another sweep or config '
-          f'({", ".join(differ)} differ{_config_changes(saved, record)}). Start its own '
-          'command again, or use another --workdir (SQLite) or --study_name (PostgreSQL).')
+          f'({", ".join(differ[:6])} differ). Start its own command again, or use another '
+          '--workdir (SQLite) or --study_name (PostgreSQL).')
     if 'command' not in saved:  # a new study: its queued points first
       for point in sweep_spec.points(sweep, config):
         study.enqueue_trial(point, user_attrs={'enqueued': True})
@@ -166,21 +167,11 @@ def _sampler(sweep, exists, name, storage):
   return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def _plain(value):
-  return json.loads(json.dumps(value, default=str))
-
-
 def _comparable(config):
   """The values that shape a trial (run-time keys and paths may differ between machines)."""
   flat = workdir_lib.flatten(json.loads(config.to_json()))
   return {k: v for k, v in sorted(flat.items())
           if workdir_lib.kind(k) != 'runtime' and k not in MACHINE_LOCAL}
-
-
-def _config_changes(saved, record):
-  old, new = saved.get('config_values') or {}, record['config_values']
-  keys = sorted(k for k in set(old) | set(new) if _plain(old.get(k)) != _plain(new.get(k)))
-  return f': {", ".join(keys[:5])}' if keys else ''
 
 
 def _command(argv):
