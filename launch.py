@@ -35,12 +35,17 @@ flags.DEFINE_string('storage', None, 'sweep: the Optuna storage URL (default: SQ
 flags.DEFINE_integer('sweep_workers', 1, 'sweep: worker processes on this machine.')
 flags.DEFINE_string('study_name', None, 'sweep: the study\'s name in the storage (default: '
                     'the sweep file\'s name and argument).')
-flags.DEFINE_string('input', None, 'predict: an image, a folder of images, or a CSV of paths.')
+flags.DEFINE_string('input', None, 'predict: an image or slide, a folder of them, or a CSV '
+                    'of paths.')
 flags.DEFINE_string('output', None, 'predict: folder for masks/overlays or predictions.csv.')
 flags.DEFINE_bool('save_probs', False, 'predict (segmentation): also <stem>_probs.npy, the '
                   'class probabilities [H, W, C] as float16.')
 flags.DEFINE_float('microns_per_pixel', None, 'predict (segmentation): the inputs\' pixel size; '
-                   'adds areas in µm² to the GeoJSON and centroid outputs.')
+                   'adds areas in µm² to the GeoJSON and centroid outputs of images; for '
+                   'slides whose metadata has none, their pixel size.')
+flags.DEFINE_alias('mpp', 'microns_per_pixel')
+flags.DEFINE_string('shard', None, 'predict: I/N, every N-th input from the I-th (I from 0), '
+                    'for a job array over a cohort.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
@@ -78,7 +83,8 @@ def _main(argv):
     from histojax import predict  # pylint: disable=g-import-not-at-top
     predict.run(FLAGS.workdir, FLAGS.input, FLAGS.output, config=FLAGS.config,
                 options={'save_probs': FLAGS.save_probs,
-                         'microns_per_pixel': FLAGS.microns_per_pixel})
+                         'microns_per_pixel': FLAGS.microns_per_pixel,
+                         'shard': FLAGS.shard})
     return
   config = FLAGS.config
   if FLAGS.mode == 'sweep':

@@ -24,6 +24,7 @@ def get_config(arg=None):
       name for name in ('smoke', 'types') if arg[name]))
   c.dataset = 'brecahad_points'
   c.data.root = None
+  c.data.mpp = 0.0  # not recorded here
   c.data.classes = ('mitosis', 'apoptosis', 'tumor', 'non_tumor')
   c.data.merge = None
   c.best_metric = 'val/mean_iou' if arg.types else 'val/dice'

@@ -93,7 +93,8 @@ def base_config():
   # Whole-image sliding-window inference (segmentation evaluation and predict).
   c.inference = ml_collections.ConfigDict(dict(
       window=(256, 256), overlap=0.5, blend='gaussian', window_batch=8,
-      tta='none'))                 # tta: none | flips | dihedral
+      tta='none',                  # tta: none | flips | dihedral
+      slide_tile=2048))            # whole slides: tiles of this many model px a side
   # Classification: attribution figures in the report for these test examples, or else for
   # explain_samples random (seeded) ones.
   c.explain_samples = 0
@@ -133,6 +134,9 @@ def base_config():
   c.data.scale = 1.0               # working resolution (0.5: half): segmentation scores at 1.0;
                                    # tile datasets tile the image downsampled by it
   c.data.root = placeholder(str)   # bring-your-own data folder
+  # µm per pixel of the training images (before data.scale); slide prediction reads slides at
+  # data.mpp / data.scale. 0: unknown (slides then need --config.data.mpp=...).
+  c.data.mpp = 0.0
   # Class names in label order, e.g. ('A', 'B'): the class folders to use, the labels a CSV may
   # hold (any other label is an error), the nucleus types to keep. None: inferred / all.
   # On the command line: --config.data.classes='("A","B")' (or A,B: split into names).

@@ -21,6 +21,7 @@ Time: 40 epochs x 70 steps; minutes on one GPU, hours on 2 CPU cores.
 """
 from configs import common
 from histojax.data import augment
+from histojax.data.sources import crchisto
 
 
 def get_config(arg=None):
@@ -28,6 +29,7 @@ def get_config(arg=None):
   c = common.base_config()
   c.task = 'segmentation'
   c.dataset = 'crchisto_points'
+  c.data.mpp = crchisto.MPP          # 20x, 0.55 µm/px (the dataset paper; cited there)
   c.data.radius = 5.0
   c.data.types = bool(arg.types)
   # Type maps: ~25% of detected nuclei have no type; scoring them as background would teach

@@ -23,6 +23,7 @@ Time: 30 epochs of 123 steps: minutes on one GPU; about 20 min per epoch on 2 CP
 """
 from configs import common
 from histojax.data import augment
+from histojax.data.sources import crchisto
 
 
 def use_label_csv(c, csv, images, gray, classes=''):
@@ -30,6 +31,7 @@ def use_label_csv(c, csv, images, gray, classes=''):
   filename,label CSV;
   `classes` ('A+B+C'): the only labels allowed, in label order (else inferred and logged)."""
   c.dataset = 'csv_patches'
+  c.data.mpp = 0.0  # unknown
   c.data.csv, c.data.images = csv, images
   if not images:
     raise ValueError('config argument csv=... needs images=DIR (the folder of patches).')
@@ -47,6 +49,7 @@ def get_config(arg=None):
                          classes='', folds=0, fold=0)
   c = common.base_config()
   c.task, c.dataset = 'classification', 'crchisto_patches'
+  c.data.mpp = crchisto.MPP          # 20x, 0.55 µm/px (the dataset paper; cited there)
   c.data.patch_size = 100
   c.data.fractions = dict(train=0.7, val=0.1, test=0.2)
   c.data.augment = dict(augment.FLIPS_ONLY, rotate_deg=15.0, p_rotate_deg=0.5, hed_sigma=0.05,

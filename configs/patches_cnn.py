@@ -24,6 +24,7 @@ Time: 20 epochs of ~2.7k GlaS tiles: about a minute on one GPU, ~20 min on 2 CPU
 `:cpu`: 0.70 core-hours for all four folds (31 min wall).
 """
 from configs import common, nuclei_cnn
+from histojax.data.sources import glas
 
 
 def get_config(arg=None):
@@ -33,10 +34,12 @@ def get_config(arg=None):
   if arg.root:
     c.dataset = 'folder_tiles'
     c.data.root = arg.root
+    c.data.mpp = 0.0
     c.data.classes = tuple(arg.classes.split('+')) if arg.classes else None
     c.data.fractions = dict(train=0.8, val=0.1, test=0.1)
   else:
     c.dataset = 'glas_tiles'
+    c.data.mpp = glas.MPP
     c.data.fractions = dict(train=0.6, val=0.2, test=0.2)  # 16 patients: whole patients
   c.data.tile_size, c.data.tile_stride, c.data.min_tissue = 100, 100, 0.5
   c.data.allow_leakage = bool(arg.leaky)  # tile-level random split: warns, for comparison

@@ -28,6 +28,7 @@ no GPU lent); `:cpu` 48 min on 2 cores. `:smoke` runs in about a minute on CPU.
 """
 from configs import common
 from histojax.data import augment
+from histojax.data.sources import glas
 
 
 def get_config(arg=None):
@@ -35,6 +36,7 @@ def get_config(arg=None):
                          cpu=False)
   c = common.base_config()
   c.task, c.dataset = 'segmentation', 'glas'
+  c.data.mpp = glas.MPP              # 20x, 0.62005 µm/px (the GlaS release; cited there)
   c.data.val_fraction = 0.2
   c.data.crop_size = 256
   c.data.augment = augment.FLIPS_ONLY if arg.flips_only else augment.default_params()
@@ -78,6 +80,7 @@ def get_config(arg=None):
                        tta='flips')
   if arg.root:  # bring-your-own images/ + masks/: no GlaS object metrics, split by image
     c.dataset, c.data.root, c.num_classes = 'folder_seg', arg.root, arg.classes
+    c.data.mpp = 0.0                 # unknown: --config.data.mpp=<µm/px> to predict slides
     c.data.fractions = dict(train=0.7, val=0.15, test=0.15)
     if arg.classes > 2:
       c.loss, c.best_metric = 'ce+dice', 'val/mean_iou'

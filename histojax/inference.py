@@ -43,7 +43,7 @@ def importance_map(window: Sequence[int], blend: str = 'gaussian',
 def sliding_window(predict_fn: Callable, image: np.ndarray,
                    window: Union[int, Sequence[int]] = (256, 256), overlap: float = 0.25,
                    window_batch: int = 8, blend: str = 'gaussian', sigma_scale: float = 0.125,
-                   pad_mode: str = 'reflect') -> np.ndarray:
+                   pad_mode: str = 'reflect', keep: np.ndarray | None = None) -> np.ndarray:
   """Predicts one [H, W, C] image of any size with `predict_fn([N, h, w, C]) -> [N, h, w, K]`.
 
   The image is padded (np.pad `pad_mode`, split evenly around it) so each side is at least the
@@ -51,6 +51,8 @@ def sliding_window(predict_fn: Callable, image: np.ndarray,
   (the last stack is filled with copies whose outputs are dropped), so a jitted predict_fn
   compiles once. Outputs are blended with the importance map in a float32 host buffer,
   normalised by the summed weights and cropped back: returns float32 [H, W, K].
+  `keep` (bool [H, W], e.g. tissue): windows without a kept pixel are not predicted, and
+  pixels no predicted window covers come back as zeros (None when no window is left).
   """
   image = np.asarray(image)
   if image.ndim != 3:
@@ -66,6 +68,13 @@ def sliding_window(predict_fn: Callable, image: np.ndarray,
   ph, pw = image.shape[:2]
   origins = [(y, x) for y in window_starts(ph, wh, overlap)
              for x in window_starts(pw, ww, overlap)]
+  if keep is not None:
+    if keep.shape != (height, width):
+      raise ValueError(f'keep must be [H, W] = {(height, width)}; got {keep.shape}.')
+    keep = np.pad(keep, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)))
+    origins = [(y, x) for y, x in origins if keep[y:y + wh, x:x + ww].any()]
+    if not origins:
+      return None
   weights = importance_map((wh, ww), blend, sigma_scale)
 
   out, norm = None, np.zeros((ph, pw, 1), np.float32)
@@ -97,7 +106,7 @@ def sliding_window(predict_fn: Callable, image: np.ndarray,
     pending = (preds, batch_origins)
   accumulate(pending)
 
-  out /= norm
+  np.divide(out, norm, out=out, where=norm > 0)
   top, left = pad_h // 2, pad_w // 2
   return out[top:top + height, left:left + width]
 
@@ -115,16 +124,25 @@ def _undo_dihedral(x, t):
   return x[:, ::-1] if t >= 4 else x
 
 
-def with_tta(predict_image: Callable, image: np.ndarray, tta: str = 'none') -> np.ndarray:
+def with_tta(predict_image: Callable, image: np.ndarray, tta: str = 'none',
+             keep: np.ndarray | None = None) -> np.ndarray:
   """Test-time augmentation: the mean of predict_image(T(image)) mapped back by T⁻¹ over T in
   the identity and the left-right flip ('flips') or all 8 flips/rotations ('dihedral').
-  H&E has no canonical orientation, so every T is a valid view of the same tissue."""
+  H&E has no canonical orientation, so every T is a valid view of the same tissue. With
+  `keep` (bool [H, W]), predict_image(T(image), keep=T(keep)); None when it returns None."""
   if tta not in TTA:
     raise ValueError(f'Unknown test-time augmentation {tta!r} (config key: inference.tta); '
                      f'expected one of {list(TTA)}.')
   transforms = (0, 4) if tta == 'flips' else range(TTA[tta])
   total = None
   for t in transforms:
-    probs = _undo_dihedral(predict_image(np.ascontiguousarray(_dihedral(image, t))), t)
+    view = np.ascontiguousarray(_dihedral(image, t))
+    if keep is None:
+      probs = predict_image(view)
+    else:
+      probs = predict_image(view, keep=np.ascontiguousarray(_dihedral(keep, t)))
+      if probs is None:
+        return None
+    probs = _undo_dihedral(probs, t)
     total = probs.copy() if total is None else total + probs
   return total / len(transforms)

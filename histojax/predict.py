@@ -25,6 +25,7 @@ With --config, its run-time settings (e.g. `--config.inference.tta=none`) apply.
 import collections
 import csv
 import logging
+import os
 import pathlib
 import sys
 
@@ -34,9 +35,9 @@ import numpy as np
 from PIL import Image
 import tqdm
 
-from histojax import checkpoint, errors, models, sharding, tasks
+from histojax import checkpoint, errors, models, sharding, slide_predict, tasks
 from histojax import workdir as workdir_lib
-from histojax.data.sources import common
+from histojax.data.sources import common, slides
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 
@@ -52,7 +53,8 @@ def list_inputs(input_path) -> list[tuple[pathlib.Path, str]]:
   path = pathlib.Path(input_path)
   if path.is_dir():
     files = [(p, p.name) for p in sorted(path.iterdir())
-             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.')]
+             if p.name.lower().endswith(IMAGE_SUFFIXES + slides.SUFFIXES)
+             and not p.name.startswith('.') and p.is_file()]
   elif path.suffix.lower() == '.csv':
     with open(path, newline='', encoding='utf-8') as f:
       rows = [r for r in csv.reader(f) if r]
@@ -64,8 +66,34 @@ def list_inputs(input_path) -> list[tuple[pathlib.Path, str]]:
   else:
     raise errors.UserError(f'--input {path}: no such image, folder or CSV.')
   if not files:
-    raise errors.UserError(f'--input {path}: no images found ({", ".join(IMAGE_SUFFIXES)}).')
+    raise errors.UserError(f'--input {path}: no images found '
+                           f'({", ".join(sorted(set(IMAGE_SUFFIXES + slides.SUFFIXES)))}).')
   return files
+
+
+def parse_shard(text):
+  """'I/N' → (I, N) with 0 <= I < N (a job array's index and size); None → (0, 1)."""
+  if not text:
+    return 0, 1
+  try:
+    index, count = (int(v) for v in str(text).split('/'))
+  except ValueError:
+    index, count = -1, 0
+  if not 0 <= index < count:
+    raise errors.UserError(f'--shard={text}: expected I/N with 0 <= I < N, e.g. '
+                           '--shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT (I from 0).')
+  return index, count
+
+
+def _check_writable(output_dir):
+  try:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    probe = output_dir / f'.write-test-{os.getpid()}'
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise errors.UserError(f'--output {output_dir}: cannot write there ({e.strerror or e}).'
+                           ) from e
 
 
 def _output_stems(files):
@@ -79,7 +107,10 @@ def _read(path, channels, size=None):
   try:
     image = Image.open(path)
   except Image.DecompressionBombError as e:
-    raise ValueError(f'too large to decode whole ({e}); tile it into smaller images first') from e
+    raise ValueError(f'too large to decode whole (over {slides.FLAT_MAX_PIXELS / 1e6:.0f} '
+                     'Mpx, PIL\'s limit); write it as a tiled pyramidal TIFF, which is read '
+                     'by region (e.g. vips tiffsave IN OUT.tif --tile --pyramid '
+                     '--compression=jpeg)') from e
   with image:
     depth = common.bit_depth(path, image)
     if depth > 8 and image.mode in ('RGB', 'RGBA', 'L', 'P'):
@@ -97,7 +128,8 @@ def _read(path, channels, size=None):
 def run(workdir, input_path, output_dir, config=None, options=None):
   """Predicts every input; returns the list of skipped inputs with their reasons. `options`:
   the predict flags (histojax/tasks/base.py Task.predict), defaults below."""
-  options = {'save_probs': False, 'microns_per_pixel': None, **(options or {})}
+  options = {'save_probs': False, 'microns_per_pixel': None, 'shard': None, **(options or {})}
+  shard = parse_shard(options.pop('shard'))
   mpp = options['microns_per_pixel']
   if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
     raise errors.UserError(f'--microns_per_pixel={mpp}: the pixel size must be a positive '
@@ -111,7 +143,15 @@ def run(workdir, input_path, output_dir, config=None, options=None):
             else workdir_lib.accept_config(workdir, config, 'predict'))
   info = workdir_lib.read_json(info_file, 'dataset info')
   files = list_inputs(input_path)
-  output_dir.mkdir(parents=True, exist_ok=True)
+  stems = _output_stems(files)
+  if shard != (0, 1):  # every N-th input from the I-th: a job array spreads a cohort
+    files, stems = files[shard[0]::shard[1]], stems[shard[0]::shard[1]]
+    logging.info('Shard %d/%d: %d inputs.', *shard, len(files))
+  whole_slide = [slides.is_whole_slide(p) for p, _ in files]
+  slide_files = [(f, s) for f, s, w in zip(files, stems, whole_slide) if w]
+  files = [f for f, w in zip(files, whole_slide) if not w]
+  stems = [s for s, w in zip(stems, whole_slide) if not w]
+  _check_writable(output_dir)
 
   task = tasks.get_task(config, info)
   model = models.get_model(config, task.out_channels)
@@ -126,11 +166,16 @@ def run(workdir, input_path, output_dir, config=None, options=None):
     logging.info('Post-processing chosen on val (%s): %s', settings_file, postprocess)
   channels, size = task.predict_reads(info)
   skipped = []
+  if slide_files:
+    skipped += _predict_slides(task, model, variables, mesh, config, slide_files, output_dir,
+                               postprocess, options)
+  if not files:
+    return skipped
 
   def readable():
     """(name, output stem, image) of every input that reads; the others are skipped."""
     # No bar in log files: tqdm's carriage returns and escape codes only clutter them.
-    bar = tqdm.tqdm(_output_stems(files), desc='predict', unit='image',
+    bar = tqdm.tqdm(stems, desc='predict', unit='image',
                     disable=not sys.stderr.isatty())
     for (path, name), stem in zip(files, bar):
       try:
@@ -141,7 +186,29 @@ def run(workdir, input_path, output_dir, config=None, options=None):
         continue
       yield name, stem, image
 
+  skipped_slides = len(skipped)
   task.predict(model, variables, mesh, readable(), output_dir, postprocess, options)
-  logging.info('Predicted %d of %d inputs into %s; skipped %d.', len(files) - len(skipped),
-               len(files), output_dir, len(skipped))
+  skipped_images = len(skipped) - skipped_slides
+  logging.info('Predicted %d of %d images into %s; skipped %d.', len(files) - skipped_images,
+               len(files), output_dir, skipped_images)
   return skipped
+
+
+def _predict_slides(task, model, variables, mesh, config, slide_files, output_dir,
+                    postprocess, options):
+  """Whole slides (histojax/slide_predict.py); returns the skipped ones with reasons."""
+  predictor = task.region_predictor(model, variables, mesh)
+  names = ', '.join(name for (_, name), _ in slide_files[:3])
+  if predictor is None:
+    reason = (f'{names}{" ..." if len(slide_files) > 3 else ""}: whole slides are predicted by '
+              f'segmentation runs; this is a {config.task} run.')
+    logging.error('Skipping %d slides: %s', len(slide_files), reason)
+    return [reason]
+  try:
+    run = slide_predict.SlideRun(predictor, config, task.class_names, postprocess, options,
+                                 output_dir, object_type=task.object_type,
+                                 scale=float(config.data.scale))
+  except slides.SlideError as e:
+    raise errors.UserError(f'{names}: {e}') from e
+  files, stems = zip(*slide_files)
+  return slide_predict.run_cohort(run, list(files), list(stems))

@@ -27,7 +27,7 @@ RUNTIME = ('log_every_steps', 'ckpt_keep', 'eval_batch_size', 'data.workers', 'c
            'data.tfds_data_dir', 'inference.*', 'report_panels', 'explain_indices',
            'explain_samples', 'mesh', 'distributed', 'detection_radius', 'ignore_empty',
            'object_min_size', 'object_min_size_candidates', 'detection_split',
-           'detection_split_candidates', 'final_test')
+           'detection_split_candidates', 'final_test', 'data.mpp')
 # Not here, so shaping: best_metric/best_mode (the best value so far would compare another
 # metric), init_from and freeze.* (head-first training wraps the optimizer state).
 RESUMABLE = ('total_steps', 'total_epochs', 'eval_every_steps', 'eval_every_epochs',

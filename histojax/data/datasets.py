@@ -150,33 +150,73 @@ def _points_seg(config):
   return _carved(parts, names, notes, instance_masks=False, points=True)
 
 
+def _folder_mask(record, k):
+  from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
+  mask = folders.load_mask(record).astype(np.int32)
+  if mask.max(initial=0) >= k:
+    raise paths.DataError(f'{record.mask_path} has label {mask.max()}, but num_classes is {k} '
+                          '(labels 0..num_classes-1; config key: num_classes).')
+  return mask
+
+
 def _folder_seg(config):
   from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
   root, k = config.data.root, config.num_classes
   if not root or not k:
     raise ValueError("dataset 'folder_seg' needs data.root and num_classes (background "
                      'included), e.g. configs/warwick_unet.py:root=DIR,classes=2.')
-  records = build.read_records(config, lambda skip: folders.segmentation(root, skip_bad=skip),
+  classes = build.configured_classes(config)
+  if classes and len(classes) + 1 != k:
+    raise ValueError(f'data.classes names {len(classes)} foreground classes {list(classes)}, '
+                     f'but num_classes is {k} (background included): give {k - 1} names.')
+  records = build.read_records(config, lambda skip: folders.segmentation(root, skip_bad=skip,
+                                                                         classes=classes),
                                folders.load_image, folders.load_mask)
 
   def generate(split):
     del split
     for r in records:
-      mask = folders.load_mask(r).astype(np.int32)
-      if mask.max(initial=0) >= k:
-        raise paths.DataError(f'{r.mask_path} has label {mask.max()}, but num_classes is {k} '
-                              '(labels 0..num_classes-1; config key: num_classes).')
-      yield {'image': folders.load_image(r), 'mask': mask}, r.name
+      yield {'image': folders.load_image(r), 'mask': _folder_mask(r, k)}, r.name
 
   files = build.input_files(records)
-  stored, _ = store.prepare(
-      'folder_seg', build.fingerprint(config, files, 'root') | {'num_classes': k}, ['examples'],
-      generate, {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)})
-  notes = [f'Bring-your-own segmentation data from {root}; split by image.'] + [
-      f'Skipped bad input: {s}' for s in records.skipped]
+  names = ['background', *(classes or [f'class{i}' for i in range(1, k)])]
+  skipped = [f'Skipped bad input: {s}' for s in records.skipped]
+  spec = {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)}
+  fingerprint = build.fingerprint(config, files, 'root') | {'num_classes': k}
+  if any(r.split for r in records):
+    return _folder_seg_fixed(config, records, fingerprint, spec, names, skipped)
+  stored, _ = store.prepare('folder_seg', fingerprint, ['examples'], generate, spec)
+  notes = [f'Bring-your-own segmentation data from {root}; split by image.'] + skipped
   parts = build.split_by_group(stored['examples'], [r.name for r in records], None, config, notes)
-  names = ['background', *[f'class{i}' for i in range(1, k)]]
   return _carved(parts, names, notes, instance_masks=False)
+
+
+def _folder_seg_fixed(config, records, fingerprint, spec, names, skipped):
+  """DIR/train + DIR/test as shipped: the test images are the test split; validation is
+  carved from train by image (data.fractions' val share of train + val)."""
+  from histojax.data.sources import folders  # pylint: disable=g-import-not-at-top
+  by_split = {s: [r for r in records if r.split == s] for s in folders.FIXED_SPLITS}
+
+  def generate(split):
+    for r in by_split[split]:
+      yield {'image': folders.load_image(r), 'mask': _folder_mask(r, len(names))}, r.name
+
+  stored, stems = store.prepare('folder_seg', fingerprint, list(by_split), generate, spec)
+  fractions = build.fractions(config)
+  val_share = fractions['val'] / max(fractions['train'] + fractions['val'], 1e-9)
+  carved = splits.group_split([r.name for r in by_split['train']], None,
+                              {'train': 1 - val_share, 'val': val_share}, config.seed)
+  notes = [f'Bring-your-own segmentation data from {config.data.root} with its own split: '
+           f'{len(by_split["test"])} test images from test/; validation: '
+           f'{len(carved["val"])} of the {len(by_split["train"])} images of train/, by image.'
+           ] + skipped
+  info = {'num_classes': len(names), 'class_names': names, 'notes': notes,
+          'instance_masks': False}
+  return Splits(
+      build.Indexed(stored['train'], carved['train'], cache=config.data.cache_train),
+      build.Indexed(stored['train'], carved['val'], names=stems['train']),
+      {'test': build.Indexed(stored['test'], range(len(stored['test'])), names=stems['test'])},
+      info)
 
 
 # --------------------------------------------------------------------------- classification

@@ -48,6 +48,9 @@ class Task(abc.ABC):
   # Host-side per-example training transform `(example, *, epoch, index) -> example` (random
   # crops, augmentation drawn from the seed, epoch and index), or None.
   train_transform: Callable[..., dict] | None = None
+  # QuPath object type of predicted objects in GeoJSON: 'annotation' (few, large, editable:
+  # glands) or 'detection' (many, small: nuclei).
+  object_type: str = 'annotation'
   # Public names a subclass defines beyond the contract (its own helpers, used by tests).
   helpers: tuple[str, ...] = ()
 
@@ -116,6 +119,14 @@ class Task(abc.ABC):
     """(channels, (H, W) or None for any size) that `--mode=predict` reads inputs as."""
     del info
     return 3, None
+
+  def region_predictor(self, model, variables, mesh) -> Callable | None:
+    """Slide prediction's per-tile step: `f(image, keep=None)` maps uint8 [H, W, 3] at the
+    model's working resolution (and optionally a bool [H, W] mask of the pixels worth
+    predicting) to float32 [H, W, classes] probabilities, or None when `keep` leaves no window.
+    None here: the task does not predict whole slides."""
+    del model, variables, mesh
+    return None
 
   @abc.abstractmethod
   def predict(self, model, variables, mesh, inputs: Iterator[tuple[str, str, np.ndarray]],

@@ -68,6 +68,7 @@ class SegmentationTask(base.Task):
     self.object_metrics = bool(info.get('instance_masks'))
     self.detection = bool(info.get('points'))
     self.detection_radius = config.detection_radius
+    self.object_type = 'detection' if self.detection else 'annotation'
     # Post-processing, with candidates chosen on val (select_on_val): GlaS object_min_size
     # (predicted components smaller than it are not objects; object metrics only) and nucleus
     # detection_split (0 = blob centroids; d > 0 = distance-map maxima >= d px apart, which
@@ -156,15 +157,22 @@ class SegmentationTask(base.Task):
       self._predict_cache[key] = jax.jit(predict)
     return self._predict_cache[key]
 
-  def predict_image(self, model, state, mesh, image):
-    """Whole image → (probabilities [H, W, C], label map [H, W])."""
+  def region_predictor(self, model, variables, mesh):
     predict = self._predictor(model, mesh)
     one_view = functools.partial(
-        inference.sliding_window, lambda w: predict(state, sharding.to_global(mesh, {'w': w})['w']),
+        inference.sliding_window,
+        lambda w: predict(variables, sharding.to_global(mesh, {'w': w})['w']),
         window=self.window, overlap=self.overlap, window_batch=self.window_batch,
         blend=self.blend)
+
+    def region(image, keep=None):
+      return inference.with_tta(one_view, np.asarray(image), self.tta, keep=keep)
+    return region
+
+  def predict_image(self, model, state, mesh, image):
+    """Whole image → (probabilities [H, W, C], label map [H, W])."""
     image = np.asarray(image)
-    probs = inference.with_tta(one_view, resample.image(image, self.scale), self.tta)
+    probs = self.region_predictor(model, state, mesh)(resample.image(image, self.scale))
     probs = resample.probabilities(probs, image.shape[:2])
     return probs, np.argmax(probs, -1).astype(np.int32)
 
@@ -324,7 +332,7 @@ class SegmentationTask(base.Task):
       probs, labels = self.predict_image(model, variables, mesh, image)
       labels = self.postprocess_labels(labels, postprocess)
       write_prediction(output_dir, stem, image, probs, labels, self.class_names,
-                       object_type='detection' if self.detection else 'annotation',
+                       object_type=self.object_type,
                        centroids=self.detection, **options)
 
   # -------------------------------------------------------------------------- report

@@ -23,6 +23,12 @@ import scipy.io
 from histojax.data import paths
 from histojax.data.sources import common
 
+# Pixel size of the release images: 500x500 crops of 20x whole-slide scans (Omnyx VL120) at
+# 0.55 µm per pixel, as the dataset paper states (Sirinukunwattana et al., IEEE TMI 2016,
+# "Locality Sensitive Deep Learning ...", section on the dataset). The paper's text is not in
+# the search tool's corpus here: the value is the literature's, not re-checked on this machine.
+MPP = 0.55
+
 CLASSES = ('epithelial', 'inflammatory', 'fibroblast', 'others')
 _VARIABLE = 'detection'
 _DECIMALS = 3  # points are matched across files to 1/1000 px (the files are float64 copies)

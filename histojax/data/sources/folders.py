@@ -2,6 +2,10 @@
 
 (a) segmentation: `<root>/images/<stem>.<ext>` + `<root>/masks/<stem>.<ext>` (same stems). Masks
     may be binary 0/255 (-> 0/1), label-valued gray (kept), or palette PNG (-> palette indices).
+    Instead of masks/, polygon annotations `<root>/annotations/<stem>.geojson|.json|.xml`
+    (QuPath GeoJSON, Aperio ImageScope XML; histojax/data/sources/annotations.py), their
+    classes named by data.classes. A fixed split, as public sets ship one: `<root>/train/{images,masks}` and
+    `<root>/test/{images,masks}` (records carry split 'train' / 'test').
 (b) classification by folder: `<root>/<class name>/<image>`; classes are the sorted folder names.
 (c) classification by CSV: a `filename,label` CSV + an image folder; an unlabelled test folder
     may be added (label -1). With `classes` (config key data.classes) every label must be one
@@ -24,7 +28,7 @@ import warnings
 import numpy as np
 
 from histojax.data import paths
-from histojax.data.sources import common
+from histojax.data.sources import annotations, common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,8 @@ class SegRecord:
   mask_path: pathlib.Path
   height: int
   width: int
+  split: str = ''  # 'train' / 'test' in the fixed-split layout, else ''
+  classes: tuple = ()  # polygon annotations: foreground class names in label order
 
   @property
   def group(self) -> str:
@@ -58,7 +64,14 @@ def _check_image(path: pathlib.Path, channels: int = 3) -> tuple[int, int]:
   return hw
 
 
-def _seg_record(image_path, mask_dir) -> SegRecord:
+def _seg_record(image_path, mask_dir, classes=None) -> SegRecord:
+  if mask_dir.name == 'annotations':
+    mask_path = common.find_file(mask_dir, image_path.stem, annotations.SUFFIXES)
+    if mask_path is None:
+      raise paths.DataError(f'Image {image_path} has no annotation file {image_path.stem}'
+                            f'{"|".join(annotations.SUFFIXES)} in {mask_dir}.')
+    return SegRecord(image_path.stem, image_path, mask_path, *_check_image(image_path),
+                     classes=tuple(classes or ()))
   mask_path = common.find_file(mask_dir, image_path.stem)
   if mask_path is None:
     raise paths.DataError(f'Image {image_path} has no mask {image_path.stem}.<ext> in {mask_dir}.')
@@ -75,9 +88,43 @@ def _folder(root, name) -> pathlib.Path:
   return path
 
 
+FIXED_SPLITS = ('train', 'test')
+
+
+def has_fixed_split(root) -> bool:
+  """True when `root` holds train/ and test/ folders (each with images/ and masks/)."""
+  root = pathlib.Path(root)
+  found = [s for s in FIXED_SPLITS if (root / s).is_dir()]
+  if not found:
+    return False
+  if (root / 'images').is_dir():
+    raise paths.DataError(f'{root} holds both images/ and {found[0]}/: use one layout, '
+                          'images/ + masks/ (split by image) or train/ + test/ (a fixed split).')
+  missing = [s for s in FIXED_SPLITS if s not in found]
+  if missing:
+    raise paths.DataError(f'{root} has {found[0]}/ but no {missing[0]}/: a fixed split needs '
+                          f'{root}/train/{{images,masks}} and {root}/test/{{images,masks}}.')
+  return True
+
+
 def segmentation(root, images: str = 'images', masks: str = 'masks',
-                 skip_bad: bool = False) -> common.RecordList:
-  """Lists image/mask pairs matched by stem; a mask without an image is warned about."""
+                 skip_bad: bool = False, classes=None) -> common.RecordList:
+  """Lists image/mask pairs matched by stem; a mask without an image is warned about. With
+  train/ and test/ folders, both are listed (stems unique across them)."""
+  if images == 'images' and has_fixed_split(root):
+    parts = [segmentation(pathlib.Path(root) / s, skip_bad=skip_bad, classes=classes)
+             for s in FIXED_SPLITS]
+    items = [dataclasses.replace(r, split=s) for s, part in zip(FIXED_SPLITS, parts)
+             for r in part]
+    both = set(r.name for r in parts[0]) & set(r.name for r in parts[1])
+    if both:
+      raise paths.DataError(f'{root}: {len(both)} stems are in both train/ and test/ (e.g. '
+                            f'{sorted(both)[0]!r}): a test image must not be trained on.')
+    return common.RecordList(items, [m for p in parts for m in p.skipped],
+                             [n for p in parts for n in p.notes])
+  if masks == 'masks' and not (pathlib.Path(root) / masks).is_dir() and (
+      pathlib.Path(root) / 'annotations').is_dir():
+    masks = 'annotations'
   image_dir, mask_dir = _folder(root, images), _folder(root, masks)
   image_paths = common.list_images(image_dir)
   if not image_paths:
@@ -87,9 +134,11 @@ def segmentation(root, images: str = 'images', masks: str = 'masks',
     raise paths.DataError(f'{image_dir} has two images with the same stem; their masks would '
                           'be ambiguous.')
   bad = common.BadItems(skip_bad, f'segmentation folder {root}')
-  items = [r for r in (bad.run(_seg_record, p, mask_dir) for p in image_paths)
+  items = [r for r in (bad.run(_seg_record, p, mask_dir, classes) for p in image_paths)
            if r is not None]
-  orphans = sorted(p.name for p in common.list_images(mask_dir) if p.stem not in set(stems))
+  listed = (common.list_images(mask_dir) if mask_dir.name != 'annotations' else
+            [p for p in mask_dir.iterdir() if p.suffix.lower() in annotations.SUFFIXES])
+  orphans = sorted(p.name for p in listed if p.stem not in set(stems))
   notes = []
   if orphans:
     notes.append(f'{len(orphans)} mask(s) in {mask_dir} have no image and were ignored: '
@@ -104,7 +153,10 @@ def load_image(record, channels: int = 3) -> np.ndarray:
 
 
 def load_mask(record: SegRecord) -> np.ndarray:
-  """int32 [H, W]: binary 0/255 masks as 0/1, label values and palette indices as stored."""
+  """int32 [H, W]: binary 0/255 masks as 0/1, label values and palette indices as stored;
+  polygon annotations rasterised (their classes 1, 2, ... in data.classes order)."""
+  if record.mask_path.suffix.lower() in annotations.SUFFIXES:
+    return annotations.load(record.mask_path, (record.height, record.width), record.classes)[0]
   mask = common.read_label_mask(record.mask_path)
   common.check_same_size(record.image_path, record.mask_path, (record.height, record.width),
                          mask.shape)

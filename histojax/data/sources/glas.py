@@ -23,6 +23,9 @@ GRADES = ('benign', 'malignant')
 _NAME = re.compile(r'^(train|testA|testB)_(\d+)$')
 _MASK_EXTS = ('.bmp', '.png', '.tif', '.tiff')
 GRADE_FILE = 'Grade.csv'
+# Pixel size of the release images: Zeiss MIRAX MIDI scans at 20x, 0.62005 µm per pixel
+# (glas.grand-challenge.org/Dataset; Sirinukunwattana et al., Medical Image Analysis 2017).
+MPP = 0.62005
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,12 @@ from scipy import ndimage
 
 from histojax.data import paths
 
+THUMBNAIL_BAND_PX = 64 * 2**20  # pixels of one band read for a thumbnail
+# Flat images (PNG, JPEG, BMP, a plain TIFF) are decoded whole up to PIL's limit; a TIFF that is
+# tiled, pyramidal or larger is read as a slide (by region).
+FLAT_MAX_PIXELS = 178956970
+VENDOR_SUFFIXES = ('.svs', '.ndpi', '.mrxs', '.scn', '.vms', '.vmu', '.bif', '.svslide',
+                   '.ome.tif', '.ome.tiff')
 SUFFIXES = ('.svs', '.ndpi', '.mrxs', '.scn', '.vms', '.vmu', '.bif', '.svslide', '.tif',
             '.tiff', '.ome.tif', '.ome.tiff')
 
@@ -93,10 +99,14 @@ class Slide:
     level = max((i for i, d in enumerate(self.downsamples) if d <= max(target, 1.0)),
                 key=lambda i: self.downsamples[i])
     w, h = self.dimensions[level]
-    image = self.read(level, 0, 0, w, h)
     factor = max(1, int(np.ceil(max(w, h) / max_side)))
-    image = image[::factor, ::factor]  # nearest: the thumbnail is for masks and overview
-    return image, self.downsamples[level] * factor
+    scale = self.downsamples[level]
+    # In bands of rows, every factor-th pixel (nearest: the thumbnail is for masks and an
+    # overview), so that a slide without a pyramid is never read whole.
+    band = factor * max(1, THUMBNAIL_BAND_PX // max(w, 1) // factor)
+    parts = [self.read(level, 0, y * scale, w, min(band, h - y))[::factor, ::factor]
+             for y in range(0, h, band)]
+    return np.concatenate(parts), scale * factor
 
   def close(self):
     if self._handle is not None:
@@ -120,6 +130,24 @@ def _rgb(block):
 def is_slide(path):
   name = pathlib.Path(path).name.lower()
   return name.endswith(SUFFIXES)
+
+
+def is_whole_slide(path):
+  """True for a vendor slide format, or a TIFF that is tiled, pyramidal or larger than
+  FLAT_MAX_PIXELS; other images (and TIFFs tifffile cannot parse) are read whole."""
+  name = pathlib.Path(path).name.lower()
+  if name.endswith(VENDOR_SUFFIXES):
+    return True
+  if not name.endswith(('.tif', '.tiff')):
+    return False
+  import tifffile  # pylint: disable=g-import-not-at-top
+  try:
+    with tifffile.TiffFile(path) as tif:
+      page, series = tif.pages[0], tif.series[0]
+      return bool(page.is_tiled or len(series.levels) > 1 or
+                  page.imagewidth * page.imagelength > FLAT_MAX_PIXELS)
+  except Exception:  # pylint: disable=broad-except
+    return False  # the flat reader names what is wrong with it
 
 
 def open_slide(path, mpp=None):

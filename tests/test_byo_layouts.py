@@ -1,0 +1,107 @@
+"""Bring-your-own segmentation data as public sets ship it: a fixed train/ + test/ split, and
+polygon annotations (QuPath GeoJSON, Aperio ImageScope XML) instead of masks."""
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import shapely
+from PIL import Image
+
+from conftest import glas_records, require_data
+from histojax import export
+from histojax.data import datasets, paths
+from histojax.data.sources import annotations, folders
+
+
+def _glas(n):
+  require_data('glas')
+  out = []
+  for r in glas_records()[:n]:
+    image = np.asarray(Image.open(r.image_path).convert('RGB'))[:200, :240]
+    mask = (np.asarray(Image.open(r.mask_path))[:200, :240] > 0).astype(np.uint8)
+    out.append((r.name, image, mask))
+  return out
+
+
+def _qupath(mask, names):
+  """QuPath's export: one feature per component, classified by the label's name."""
+  features = []
+  for k, name in names.items():
+    for geom in export.mask_polygons(mask == k):
+      features.append({'type': 'Feature', 'geometry': shapely.geometry.mapping(geom),
+                       'properties': {'objectType': 'annotation',
+                                      'classification': {'name': name}}})
+  return {'type': 'FeatureCollection', 'features': features}
+
+
+def _imagescope(mask, name):
+  """ImageScope's XML: each component's outline a region, its holes negative regions."""
+  root = ET.Element('Annotations')
+  regions = ET.SubElement(ET.SubElement(root, 'Annotation', Name=name), 'Regions')
+  for geom in export.mask_polygons(mask > 0):
+    for polygon in getattr(geom, 'geoms', [geom]):
+      rings = [(polygon.exterior, '0')] + [(r, '1') for r in polygon.interiors]
+      for ring, negative in rings:
+        region = ET.SubElement(regions, 'Region', NegativeROA=negative)
+        vertices = ET.SubElement(region, 'Vertices')
+        for x, y in ring.coords[:-1]:
+          ET.SubElement(vertices, 'Vertex', X=str(x), Y=str(y))
+  return ET.tostring(root)
+
+
+def test_annotations_rasterise_back_to_the_masks_they_came_from(tmp_path):
+  (_, _, mask), = _glas(1)
+  two = mask.astype(np.int32)
+  two[:, 120:] *= 2  # a second class on the right half
+  path = tmp_path / 'a.geojson'
+  path.write_text(json.dumps(_qupath(two, {1: 'Gland', 2: 'Tumor'})))
+  labels, instances = annotations.load(path, two.shape, classes=('gland', 'tumor'))
+  assert np.array_equal(labels, two)
+  assert len(np.unique(instances)) - 1 == len(_qupath(two, {1: 'a', 2: 'b'})['features'])
+  with pytest.raises(paths.DataError, match=r"a.geojson: region \d+ has class 'Tumor'"):
+    annotations.load(path, two.shape, classes=('gland',))
+  xml = tmp_path / 'a.xml'
+  xml.write_bytes(_imagescope(mask, 'gland'))
+  labels, _ = annotations.load(xml, mask.shape)
+  assert np.array_equal(labels, mask)  # holes cut by the negative regions
+  (tmp_path / 'bad.xml').write_text('<Annotations><Annotation')
+  with pytest.raises(paths.DataError, match='bad.xml is unreadable'):
+    annotations.load(tmp_path / 'bad.xml', mask.shape)
+
+
+def test_a_fixed_train_test_split_with_annotations_trains_on_train_only(tmp_path):
+  from configs import warwick_unet
+  examples = _glas(8)
+  root = tmp_path / 'byo'
+  for i, (name, image, mask) in enumerate(examples):
+    part = root / ('test' if i >= 6 else 'train')
+    (part / 'images').mkdir(parents=True, exist_ok=True)
+    (part / 'annotations').mkdir(exist_ok=True)
+    Image.fromarray(image).save(part / 'images' / f'{name}.png')
+    (part / 'annotations' / f'{name}.geojson').write_text(
+        json.dumps(_qupath(mask, {1: 'gland'})))
+  config = warwick_unet.get_config(f'root={root},classes=2')
+  config.data.classes = ('gland',)
+  splits = datasets.get_splits(config)
+  assert splits.info['class_names'] == ['background', 'gland']
+  test = splits.tests['test']
+  assert len(test) == 2 and len(splits.train) + len(splits.val) == 6 and len(splits.val) >= 1
+  masks = {n: m for n, _, m in examples}
+  for i in range(len(test)):
+    example = test[i]
+    assert any(np.array_equal(example['mask'], masks[n]) for n, *_ in examples[6:])
+  assert any('6 images of train/' in n or 'of the 6 images' in n for n in splits.info['notes'])
+  # Both layouts at once, or a train/ without test/, is refused by name.
+  (root / 'images').mkdir()
+  with pytest.raises(paths.DataError, match='both images/ and train/'):
+    folders.segmentation(root)
+  (root / 'images').rmdir()
+  for p in (root / 'test').rglob('*'):
+    if p.is_file():
+      p.unlink()
+  for p in sorted((root / 'test').rglob('*'), reverse=True):
+    p.rmdir()
+  (root / 'test').rmdir()
+  with pytest.raises(paths.DataError, match='has train/ but no test/'):
+    folders.segmentation(root)
