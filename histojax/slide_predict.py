@@ -22,7 +22,6 @@ ones, with their error) and is rewritten by each run, so shards (`--shard=I/N`: 
 slide from the I-th, I from 0) never append to one file.
 """
 import csv
-import dataclasses
 import json
 import logging
 import math
@@ -46,55 +45,12 @@ OUTPUTS = (('tissue', '_tissue.png'), ('overlay', '_overlay.png'), ('geojson', '
            ('mask', '_mask.tif'), ('summary', '.summary.json'))
 
 
-@dataclasses.dataclass
-class Geometry:
-  """One slide seen at the model's pixel size: `shape` (H, W) in model pixels, `factor`
-  level-0 px per model px, read from `level` whose pixels are `level_factor` model px wide."""
-  model_mpp: float
-  factor: float
-  level: int
-  level_factor: float
-  shape: tuple
-  tile: int
-  margin: tuple
-
-  @classmethod
-  def of(cls, slide, model_mpp, tile, window, overlap):
-    factor = model_mpp / slide.mpp
-    level = slide.level_for(model_mpp)
-    width, height = slide.dimensions[0]
-    strides = [max(int(w * (1 - overlap)), 1) for w in window]
-    tile = max(int(tile), max(strides))
-    tile = math.lcm(*strides) * max(1, round(tile / math.lcm(*strides)))
-    shape = (max(1, round(height / factor)), max(1, round(width / factor)))
-    level_factor = factor / slide.downsamples[level]
-    if abs(level_factor - 1) < 0.01:  # a level at the model's pixel size (levels round): as is
-      level_factor = 1.0
-    return cls(model_mpp, factor, level, level_factor, shape, tile,
-               tuple(w - s for w, s in zip(window, strides)))
-
-  def read(self, slide, y, x, h, w):
-    """uint8 [h, w, 3]: model-pixel rows y.. and columns x.. (outside the slide: white)."""
-    lh, lw = math.ceil(h * self.level_factor), math.ceil(w * self.level_factor)
-    rgb = slide.read(self.level, round(x * self.factor), round(y * self.factor), lw, lh)
-    if (lh, lw) == (h, w):
-      return rgb
-    box = (0, 0, w * self.level_factor, h * self.level_factor)
-    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR, box=box))
-
-
-def _thumb_index(start, size, per_model_px, limit):
-  """Thumbnail index of model pixels start..start+size (nearest), and which fall inside."""
-  idx = np.floor((start + np.arange(size) + 0.5) * per_model_px).astype(np.int64)
-  inside = (idx >= 0) & (idx < limit)
-  return np.clip(idx, 0, limit - 1), inside
-
-
-def _keep(tissue, per_model_px, y, x, h, w):
-  """bool [h, w]: which model pixels of rows y.., columns x.. lie on tissue."""
-  rows, row_in = _thumb_index(y, h, per_model_px, tissue.shape[0])
-  cols, col_in = _thumb_index(x, w, per_model_px, tissue.shape[1])
-  return tissue[np.ix_(rows, cols)] & row_in[:, None] & col_in[None, :]
+def tiling(window, overlap, tile):
+  """(tile side, (margin rows, margin cols)): the tile rounded to whole strides; the margin
+  (window - stride) makes a tile's windows those of one sliding window over the slide."""
+  strides = [max(int(w * (1 - overlap)), 1) for w in window]
+  step = math.lcm(*strides)
+  return step * max(1, round(int(tile) / step)), tuple(w - s for w, s in zip(window, strides))
 
 
 def _drop_small_interior(labels, min_size, inner_edges):
@@ -125,8 +81,8 @@ class SlideRun:
           'this run records no training pixel size (config key data.mpp): pass '
           '--config.data.mpp=<µm per pixel of its training images> to predict slides.')
     self.model_mpp = float(config.data.mpp) / float(config.data.scale)
-    self.tile = int(config.inference.slide_tile)
-    self.window, self.overlap = tuple(config.inference.window), config.inference.overlap
+    self.tiling = tiling(tuple(config.inference.window), config.inference.overlap,
+                         config.inference.slide_tile)
     # object_min_size was chosen on full-resolution labels; the model's pixels are 1/scale.
     self.min_size = int(round(postprocess.get('object_min_size', 0) * scale ** 2))
 
@@ -140,14 +96,13 @@ class SlideRun:
     try:
       start = time.perf_counter()
       with slides.open_slide(path, mpp=self.options.get('microns_per_pixel')) as slide:
-        geometry = Geometry.of(slide, self.model_mpp, self.tile, self.window, self.overlap)
-        if not 1 / FAR <= geometry.level_factor <= FAR:
+        view = slides.View(slide, self.model_mpp)
+        if not 1 / FAR <= view.level_factor <= FAR:
           logging.warning('%s: read at %.3f µm/px, %.1fx the model\'s %.3f µm/px: a wrong '
                           'pixel size (%s) or a model for another magnification?', path,
-                          slide.level_mpp(geometry.level), geometry.level_factor,
+                          slide.level_mpp(view.level), view.level_factor,
                           self.model_mpp, slide.mpp_source)
-        thumb, thumb_ds = slide.thumbnail(THUMBNAIL_SIDE)
-        tissue = slides.tissue_mask(thumb)
+        thumb, tissue, per_px = view.tissue(THUMBNAIL_SIDE)
         if not tissue.any():
           raise slides.SlideError(f'{path}: no tissue found on its thumbnail (blank or '
                                   'background-only slide); nothing predicted.')
@@ -155,23 +110,21 @@ class SlideRun:
         thumb_labels = np.zeros(tissue.shape, np.uint8)
         stitcher = slide_export.ObjectStitcher(
             temp['geojson'], self.class_names, object_type=self.object_type,
-            scale=geometry.factor, label_mpp=self.model_mpp, min_size=self.min_size)
+            scale=view.factor, label_mpp=self.model_mpp, min_size=self.min_size)
         counts = {'tiles': 0, 'tiles_with_tissue': 0}
-        blocks = self._tiles(slide, geometry, tissue, thumb_ds, thumb_labels, stitcher,
-                             counts, name)
-        slide_export.write_level(temp['level0'], blocks, geometry.shape, geometry.tile,
+        blocks = self._tiles(view, tissue, per_px, thumb_labels, stitcher, counts, name)
+        slide_export.write_level(temp['level0'], blocks, view.shape, self.tiling[0],
                                  self.model_mpp)
         totals = stitcher.finish()
-        slide_export.build_pyramid(temp['level0'], temp['mask'], geometry.shape,
-                                   self.model_mpp)
+        slide_export.build_pyramid(temp['level0'], temp['mask'], view.shape, self.model_mpp)
         picture = overlay.figure(thumb, thumb_labels, self.class_names,
                                  title=f'{name}: prediction')
         Image.fromarray(picture).save(temp['overlay'], format='PNG')
         seconds = time.perf_counter() - start
-        tissue_mpx = float(tissue.sum()) * thumb_ds ** 2 / 1e6  # level-0 pixels
+        tissue_mpx = float(tissue.sum()) * (view.factor / per_px) ** 2 / 1e6  # level-0 px
         row = {'slide': name, 'status': 'ok', 'width': slide.dimensions[0][0],
                'height': slide.dimensions[0][1], 'mpp': round(slide.mpp, 5),
-               'mpp_source': slide.mpp_source, 'level': geometry.level,
+               'mpp_source': slide.mpp_source, 'level': view.level,
                'model_mpp': round(self.model_mpp, 5), **counts,
                'tissue_mm2': round(tissue_mpx * slide.mpp ** 2, 4)}
         for cls_name, (count, area) in totals.items():
@@ -190,11 +143,10 @@ class SlideRun:
       for p in temp.values():
         p.unlink(missing_ok=True)
 
-  def _tiles(self, slide, geometry, tissue, thumb_ds, thumb_labels, stitcher, counts, name):
+  def _tiles(self, view, tissue, per_model_px, thumb_labels, stitcher, counts, name):
     """Yields the label tiles of level 0 in row-major order, predicting as it goes."""
-    height, width = geometry.shape
-    t, (mh, mw) = geometry.tile, geometry.margin
-    per_model_px = geometry.factor / thumb_ds  # thumbnail px per model px
+    height, width = view.shape
+    t, (mh, mw) = self.tiling
     thumb_rows = np.floor((np.arange(thumb_labels.shape[0]) + 0.5) / per_model_px).astype(int)
     thumb_cols = np.floor((np.arange(thumb_labels.shape[1]) + 0.5) / per_model_px).astype(int)
     origins = [(y, x) for y in range(0, height, t) for x in range(0, width, t)]
@@ -204,10 +156,10 @@ class SlideRun:
     for y, x in bar:
       h, w = min(t, height - y), min(t, width - x)
       inner = (y > 0, y + t < height, x > 0, x + t < width)
-      keep = _keep(tissue, per_model_px, y - mh, x - mw, t + 2 * mh, t + 2 * mw)
+      keep = view.tissue_crop(tissue, per_model_px, y - mh, x - mw, t + 2 * mh, t + 2 * mw)
       probs = None
       if keep.any():
-        region = geometry.read(slide, y - mh, x - mw, t + 2 * mh, t + 2 * mw)
+        region = view.read(y - mh, x - mw, t + 2 * mh, t + 2 * mw)
         probs = self.predictor(region, keep=keep)
       counts['tiles'] += 1
       if probs is None:
@@ -223,7 +175,7 @@ class SlideRun:
       if rows.size and cols.size:
         thumb_labels[np.ix_(rows, cols)] = labels[np.ix_(thumb_rows[rows] - y,
                                                          thumb_cols[cols] - x)]
-      done_px += h * w * geometry.factor ** 2
+      done_px += h * w * view.factor ** 2
       bar.set_postfix_str(f'{done_px / 1e6 / (time.perf_counter() - start):.1f} Mpx/s')
       yield np.pad(labels, ((0, t - h), (0, t - w)))
 

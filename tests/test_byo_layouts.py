@@ -105,3 +105,28 @@ def test_a_fixed_train_test_split_with_annotations_trains_on_train_only(tmp_path
   (root / 'test').rmdir()
   with pytest.raises(paths.DataError, match='has train/ but no test/'):
     folders.segmentation(root)
+
+
+def test_class_folders_of_whole_slides_give_tissue_tiles_at_the_models_pixel_size(tmp_path):
+  import slide_fixtures
+  from configs import patches_cnn
+  examples = _glas(4)
+  root = tmp_path / 'slides'
+  for k, cls in enumerate(('A', 'B')):
+    (root / cls).mkdir(parents=True)
+    rgb, _, _ = slide_fixtures.canvas([e[1] for e in examples[2 * k:2 * k + 2]], columns=1)
+    slide_fixtures.write_tiff(root / cls / f'slide{k}.tif', rgb, levels=2, tile=64)
+  config = patches_cnn.get_config(f'root={root},smoke')
+  config.data.fractions = dict(train=0.5, val=0.0, test=0.5)
+  with pytest.raises(paths.DataError, match='slide0.tif is a whole slide: set data.mpp'):
+    datasets.get_splits(config)
+  config.data.mpp = 0.62005  # the slides' own pixel size: tiles read from level 0 as is
+  config.data.tile_size = config.data.tile_stride = 48
+  splits = datasets.get_splits(config)
+  assert splits.info['class_names'] == ['A', 'B']
+  tiles = [splits.train[i] for i in range(len(splits.train))]
+  tiles += [splits.tests['test'][i] for i in range(len(splits.tests['test']))]
+  assert {int(t['label']) for t in tiles} == {0, 1}
+  # Each 200x240 crop holds 4 x 5 tiles of 48 px; glass is never tiled.
+  assert 20 <= len(tiles) <= 2 * 2 * 20
+  assert all(t['image'].shape == (48, 48, 3) and t['image'].mean() < 235 for t in tiles)

@@ -66,13 +66,14 @@ def test_tiles_stitch_exactly_as_one_sliding_window_over_the_slide(tmp_path, tis
   assert labels.shape == rgb.shape[:2]
   # The reference: one sliding window over the whole slide (white beyond it, windows on the
   # same grid), the same tissue mask.
+  assert slide_predict.tiling((64, 64), 0.5, 200) == (192, (32, 32))
   with slides.open_slide(path) as slide:
-    geometry = slide_predict.Geometry.of(slide, slide.mpp, 200, (64, 64), 0.5)
-    assert geometry.margin == (32, 32) and geometry.level == 0
-    thumb, ds = slide.thumbnail(slide_predict.THUMBNAIL_SIDE)
+    view = slides.View(slide, slide.mpp)
+    assert view.level == 0 and view.level_factor == 1
+    _, tissue, per_px = view.tissue(slide_predict.THUMBNAIL_SIDE)
     m, (h, w) = 32, rgb.shape[:2]
-    whole = slide.read(0, -m, -m, w + 2 * m, h + 2 * m)
-  keep = slide_predict._keep(slides.tissue_mask(thumb), 1 / ds, -m, -m, h + 2 * m, w + 2 * m)  # pylint: disable=protected-access
+    whole = view.read(-m, -m, h + 2 * m, w + 2 * m)
+    keep = view.tissue_crop(tissue, per_px, -m, -m, h + 2 * m, w + 2 * m)
   probs = _predictor('flips')(whole, keep=keep)[m:m + h, m:m + w]
   reference = np.argmax(probs, -1)
   assert (labels != reference).mean() < 1e-5  # summation order only
@@ -91,14 +92,19 @@ def test_a_40x_slide_is_read_at_the_models_pixel_size(tmp_path, tissue):
   rgb, _, _ = tissue
   path = slide_fixtures.write_tiff(tmp_path / 's40.tif', rgb, mpp=0.31, levels=3)
   with slides.open_slide(path) as slide:
-    geometry = slide_predict.Geometry.of(slide, 1.24, 512, (256, 256), 0.5)
+    view = slides.View(slide, 1.24)
     # 0.31 µm/px: level 2 is 1.24 µm/px, read as is; the label map is a quarter of level 0.
-    assert geometry.level == 2 and geometry.level_factor == pytest.approx(1.0)
-    assert geometry.shape == (round(rgb.shape[0] / 4), round(rgb.shape[1] / 4))
-    geometry = slide_predict.Geometry.of(slide, 1.0, 512, (256, 256), 0.5)
-    assert geometry.level == 1 and geometry.level_factor == pytest.approx(1.0 / 0.62, rel=1e-3)
-    region = geometry.read(slide, 100, 100, 50, 70)  # level 1 downsampled to 1 µm/px
+    assert view.level == 2 and view.level_factor == 1.0
+    assert view.shape == (round(rgb.shape[0] / 4), round(rgb.shape[1] / 4))
+    view = slides.View(slide, 1.0)
+    assert view.level == 1 and view.level_factor == pytest.approx(1.0 / 0.62, rel=1e-3)
+    region = view.read(100, 100, 50, 70)  # level 1 downsampled to 1 µm/px
     assert region.shape == (50, 70, 3)
+  # Tissue tiles for training: 100 px at 0.62 µm/px (level 1), only where there is tissue.
+  tiles = list(slides.tissue_tiles(path, 100, 0.62, min_tissue=0.9))
+  assert 10 < len(tiles) < (rgb.shape[0] // 200) * (rgb.shape[1] // 200)
+  for (y, x), tile in tiles:
+    assert tile.shape == (100, 100, 3) and tile.mean() < 235  # tissue, not glass
 
 
 def test_label_pyramid_reads_in_openslide_with_its_pixel_size(tmp_path):

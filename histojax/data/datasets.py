@@ -322,18 +322,28 @@ def _tiles(config):
     images = [(r.name, '', r.label, r.image_path, lambda r=r: folders.load_image(r))
               for r in records]
     inputs = build.input_files(records)
+  from histojax.data.sources import slides  # pylint: disable=g-import-not-at-top
+
   def generate(split):
     del split
-    for name, patient, label, _, load in images:
-      tiles = derive.tile_image(resample.image(load(), scale), size,
-                                config.data.tile_stride, source=name,
-                                patient=patient, min_tissue=min_tissue)
-      for tile in tiles['image']:
+    for name, patient, label, path, load in images:
+      if slides.is_whole_slide(path):  # tissue tiles read at the model's pixel size
+        if not config.data.mpp:
+          raise paths.DataError(f'{path} is a whole slide: set data.mpp (µm per pixel to cut '
+                                'tiles at, before data.scale), e.g. --config.data.mpp=0.5.')
+        tiles = (t for _, t in slides.tissue_tiles(
+            path, size, config.data.mpp / scale, stride=config.data.tile_stride,
+            min_tissue=min_tissue))
+      else:
+        tiles = derive.tile_image(resample.image(load(), scale), size,
+                                  config.data.tile_stride, source=name,
+                                  patient=patient, min_tissue=min_tissue)['image']
+      for tile in tiles:
         yield {'image': tile, 'label': np.int32(label)}, [name, patient, int(label)]
 
   stored, metas = store.prepare(config.dataset, build.fingerprint(
       config, inputs, 'tile_size', 'tile_stride', 'min_tissue', 'scale', 'root',
-      'classes'), ['examples'], generate, {'image': ((size, size, 3), np.uint8),
+      'classes', 'mpp'), ['examples'], generate, {'image': ((size, size, 3), np.uint8),
                                       'label': ((), np.int32)})
   tiles_meta = metas['examples']
   groups = splits.group_keys([m[0] for m in tiles_meta], [m[1] for m in tiles_meta])

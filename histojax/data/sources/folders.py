@@ -7,6 +7,8 @@
     classes named by data.classes. A fixed split, as public sets ship one: `<root>/train/{images,masks}` and
     `<root>/test/{images,masks}` (records carry split 'train' / 'test').
 (b) classification by folder: `<root>/<class name>/<image>`; classes are the sorted folder names.
+    Whole slides may sit among the images (tiled by the tile datasets at the model's pixel
+    size, histojax/data/datasets.py).
 (c) classification by CSV: a `filename,label` CSV + an image folder; an unlabelled test folder
     may be added (label -1). With `classes` (config key data.classes) every label must be one
     of them; without, the classes are inferred and logged with their counts (a rare one is
@@ -28,7 +30,7 @@ import warnings
 import numpy as np
 
 from histojax.data import paths
-from histojax.data.sources import annotations, common
+from histojax.data.sources import annotations, common, slides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +150,11 @@ def segmentation(root, images: str = 'images', masks: str = 'masks',
 
 
 def load_image(record, channels: int = 3) -> np.ndarray:
-  """uint8 [H, W, channels] (3: RGB, 1: grayscale) for a SegRecord or ClassRecord."""
+  """uint8 [H, W, channels] (3: RGB, 1: grayscale) for a SegRecord or ClassRecord; for a
+  whole slide its thumbnail (opening it probes it; the tile datasets read its tiles)."""
+  if slides.is_whole_slide(record.image_path):
+    with slides.open_slide(record.image_path, mpp=1.0) as slide:
+      return slide.thumbnail(512)[0]
   return (common.read_gray if channels == 1 else common.read_rgb)(record.image_path)
 
 
@@ -219,10 +225,15 @@ def class_folders(root, classes=None, skip_bad: bool = False
   items = []
   for d in dirs:
     images = common.list_images(d)
+    images += sorted(p for p in d.iterdir() if common.visible(p) and p not in images
+                     and p.name.lower().endswith(slides.VENDOR_SUFFIXES))
     if not images:  # a class without examples: a misplaced folder, or a wrong data.classes
       raise paths.DataError(f'Class folder {d} holds no images ({", ".join(common.IMAGE_EXTS)}); '
                             'fill it, remove it, or leave it out of data.classes.')
     for p in images:
+      if slides.is_whole_slide(p):  # tiled at the model's pixel size when the dataset is built
+        items.append(ClassRecord(p.stem, p, names.index(d.name), d.name))
+        continue
       ok = bad.run(_check_image, p)
       if ok is not None:
         items.append(ClassRecord(p.stem, p, names.index(d.name), d.name))

@@ -11,9 +11,11 @@ neither is refused, naming it.
 """
 import dataclasses
 import logging
+import math
 import pathlib
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from histojax.data import paths
@@ -118,6 +120,61 @@ class Slide:
 
   def __exit__(self, *exc):
     self.close()
+
+
+class View:
+  """A slide seen at `mpp` µm per pixel: `shape` (H, W) in those pixels, read from `level`
+  (the coarsest at least as fine), `factor` level-0 px per view px, `level_factor` level px
+  per view px (1 when the level is within 1% of `mpp`: read as is)."""
+
+  def __init__(self, slide, mpp):
+    self.slide, self.mpp = slide, float(mpp)
+    self.factor = self.mpp / slide.mpp
+    self.level = slide.level_for(self.mpp)
+    level_factor = self.factor / slide.downsamples[self.level]
+    self.level_factor = 1.0 if abs(level_factor - 1) < 0.01 else level_factor
+    width, height = slide.dimensions[0]
+    self.shape = (max(1, round(height / self.factor)), max(1, round(width / self.factor)))
+
+  def read(self, y, x, h, w):
+    """uint8 [h, w, 3] of view rows y.. and columns x.. (outside the slide: white),
+    resampled from the level (antialiased bilinear) when it is not at `mpp`."""
+    lh, lw = math.ceil(h * self.level_factor), math.ceil(w * self.level_factor)
+    rgb = self.slide.read(self.level, round(x * self.factor), round(y * self.factor), lw, lh)
+    if (lh, lw) == (h, w):
+      return rgb
+    box = (0, 0, w * self.level_factor, h * self.level_factor)
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR, box=box))
+
+  def tissue(self, thumbnail_side=2048):
+    """(thumbnail RGB, its tissue mask, thumbnail px per view px)."""
+    thumb, downsample = self.slide.thumbnail(thumbnail_side)
+    return thumb, tissue_mask(thumb), self.factor / downsample
+
+  def tissue_crop(self, tissue, per_view_px, y, x, h, w):
+    """bool [h, w]: which view pixels of rows y.., columns x.. lie on tissue (nearest
+    thumbnail pixel; outside the slide: False)."""
+    def index(start, size, limit):
+      idx = np.floor((start + np.arange(size) + 0.5) * per_view_px).astype(np.int64)
+      return np.clip(idx, 0, limit - 1), (idx >= 0) & (idx < limit)
+    rows, row_in = index(y, h, tissue.shape[0])
+    cols, col_in = index(x, w, tissue.shape[1])
+    return tissue[np.ix_(rows, cols)] & row_in[:, None] & col_in[None, :]
+
+
+def tissue_tiles(path, size, mpp, *, stride=None, min_tissue=0.5, slide_mpp=None):
+  """Yields ((row, col) in view px, uint8 [size, size, 3]) for the tiles of a slide read at
+  `mpp` µm/px whose tissue fraction (on the thumbnail's mask) is >= min_tissue; a tile is
+  read only when it qualifies, so memory holds one tile."""
+  stride = stride or size
+  with open_slide(path, mpp=slide_mpp) as slide:
+    view = View(slide, mpp)
+    _, tissue, per_px = view.tissue()
+    height, width = view.shape
+    for y in range(0, height - size + 1, stride):
+      for x in range(0, width - size + 1, stride):
+        if view.tissue_crop(tissue, per_px, y, x, size, size).mean() >= min_tissue:
+          yield (y, x), view.read(y, x, size, size)
 
 
 def _rgb(block):
