@@ -37,6 +37,7 @@ flags.DEFINE_string('slides', None, 'Folder for the generated slides and the out
 flags.DEFINE_string('sides', '10000,30000', 'Slide sides (px) to build and predict.')
 flags.DEFINE_bool('dice', False, 'Stitched vs per-image Dice on the 10k² test-image slide.')
 flags.DEFINE_string('extra', '', 'Extra launch.py flags, comma-separated.')
+flags.DEFINE_bool('build_only', False, 'Only write the slides.')
 FLAGS = flags.FLAGS
 GAP, TILE, BACKGROUND = 96, 512, 246
 
@@ -133,6 +134,8 @@ def main(_):
       slide.with_suffix('.tmp.tif').rename(slide)
       print(f'# wrote {slide} ({slide.stat().st_size / 2**20:.0f} MiB) in '
             f'{time.perf_counter() - t0:.0f} s', flush=True)
+    if FLAGS.build_only:
+      continue
     result = out / f'pred_{slide.stem}'
     seconds, rss, cpu, _ = run_predict(slide, result, extra)
     row = json.loads((result / f'{slide.stem}.summary.json').read_text())
@@ -166,5 +169,5 @@ def main(_):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir', 'slides'])
+  flags.mark_flags_as_required(['slides'])
   app.run(main)

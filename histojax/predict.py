@@ -1,6 +1,11 @@
 """`--mode=predict`: a trained workdir applied to new images.
 
-  python launch.py --mode=predict --workdir=W --input=IMAGE|FOLDER|CSV --output=DIR
+  python launch.py --mode=predict --workdir=W --input=IMAGE|FOLDER|CSV --output=DIR \
+      [--mpp=0.5] [--shard=I/N]
+
+Whole slides among the inputs (vendor formats, OME-TIFF, tiled/pyramidal/huge TIFF:
+slides.is_whole_slide) are predicted tile by tile by histojax/slide_predict.py (segmentation
+runs); the rest, images, as below. `--shard=I/N` keeps every N-th input from the I-th.
 
 Segmentation, for every image, any size (sliding window, the run's test-time augmentation,
 and the post-processing its final report chose on val: W/postprocess.json):
@@ -17,8 +22,8 @@ name.
 A CSV input lists images in its first column (header `filename` or none), relative to the
 CSV's folder. Images must have the training patch size (no silent resizing: it would change
 the magnification); channels are converted (RGB <-> grayscale).
-Unreadable, wrong-size or oversized inputs (over PIL's decompression-bomb limit, about 179
-Mpx) are reported and skipped; files already written are never removed (a rerun into the same
+Unreadable, wrong-size or oversized images (over PIL's decompression-bomb limit, about 179
+Mpx: write those as tiled pyramidal TIFFs) are reported and skipped; files already written are never removed (a rerun into the same
 DIR rewrites its outputs). Dot files (macOS `._*`, `.DS_Store`) in a folder are ignored.
 With --config, its run-time settings (e.g. `--config.inference.tta=none`) apply.
 """

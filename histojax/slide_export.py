@@ -76,11 +76,11 @@ def build_pyramid(level0_path, out_path, shape, mpp, tile=PYRAMID_TILE):
     while max(levels[-1][1]) > tile:
       src_path, (h, w), level_mpp = levels[-1]
       dst = out_path.with_name(f'{out_path.name}.level{len(levels)}.tmp')
+      levels.append((dst, (-(-h // 2), -(-w // 2)), level_mpp * 2))  # removed however it ends
       tif, source = _open_level(src_path)
       with tif:
-        write_level(dst, _halved_blocks(source, (h, w), tile), (-(-h // 2), -(-w // 2)), tile,
+        write_level(dst, _halved_blocks(source, (h, w), tile), levels[-1][1], tile,
                     level_mpp * 2)
-      levels.append((dst, (-(-h // 2), -(-w // 2)), level_mpp * 2))
     with tifffile.TiffWriter(out_path, bigtiff=True) as out:
       for i, (src_path, level_shape, level_mpp) in enumerate(levels):
         tif, source = _open_level(src_path)

@@ -46,11 +46,15 @@ OUTPUTS = (('tissue', '_tissue.png'), ('overlay', '_overlay.png'), ('geojson', '
 
 
 def tiling(window, overlap, tile):
-  """(tile side, (margin rows, margin cols)): the tile rounded to whole strides; the margin
-  (window - stride) makes a tile's windows those of one sliding window over the slide."""
+  """(tile side, (margin before: rows, cols), (margin after: rows, cols)). The tile is a whole
+  number of strides (and of 16 px, TIFF tiles); the margins make a tile's windows exactly the
+  windows of one sliding window over the slide (starts k * stride) that touch it: before, the
+  strides a window reaches back; after, window - stride."""
   strides = [max(int(w * (1 - overlap)), 1) for w in window]
-  step = math.lcm(*strides)
-  return step * max(1, round(int(tile) / step)), tuple(w - s for w, s in zip(window, strides))
+  step = math.lcm(*strides, 16)
+  before = tuple((-(-w // s) - 1) * s for w, s in zip(window, strides))
+  after = tuple(w - s for w, s in zip(window, strides))
+  return step * max(1, round(int(tile) / step)), before, after
 
 
 def _drop_small_interior(labels, min_size, inner_edges):
@@ -133,8 +137,15 @@ class SlideRun:
         row.update(seconds=round(seconds, 2),
                    tissue_mpx_per_s=round(tissue_mpx / max(seconds, 1e-9), 3))
       workdir_lib.write_json_atomic(temp['summary'], row)
-      for key, _ in OUTPUTS:  # the summary last: its presence means the slide is complete
-        os.replace(temp[key], final[key])
+      renamed = []
+      try:
+        for key, _ in OUTPUTS:  # the summary last: its presence means the slide is complete
+          os.replace(temp[key], final[key])
+          renamed.append(final[key])
+      except OSError:
+        for p in renamed:
+          p.unlink(missing_ok=True)
+        raise
       (self.output_dir / f'{stem}.failed.json').unlink(missing_ok=True)
       return row
     finally:
@@ -146,7 +157,7 @@ class SlideRun:
   def _tiles(self, view, tissue, per_model_px, thumb_labels, stitcher, counts, name):
     """Yields the label tiles of level 0 in row-major order, predicting as it goes."""
     height, width = view.shape
-    t, (mh, mw) = self.tiling
+    t, (mh, mw), (ah, aw) = self.tiling
     thumb_rows = np.floor((np.arange(thumb_labels.shape[0]) + 0.5) / per_model_px).astype(int)
     thumb_cols = np.floor((np.arange(thumb_labels.shape[1]) + 0.5) / per_model_px).astype(int)
     origins = [(y, x) for y in range(0, height, t) for x in range(0, width, t)]
@@ -156,10 +167,10 @@ class SlideRun:
     for y, x in bar:
       h, w = min(t, height - y), min(t, width - x)
       inner = (y > 0, y + t < height, x > 0, x + t < width)
-      keep = view.tissue_crop(tissue, per_model_px, y - mh, x - mw, t + 2 * mh, t + 2 * mw)
+      keep = view.tissue_crop(tissue, per_model_px, y - mh, x - mw, t + mh + ah, t + mw + aw)
       probs = None
       if keep.any():
-        region = view.read(y - mh, x - mw, t + 2 * mh, t + 2 * mw)
+        region = view.read(y - mh, x - mw, t + mh + ah, t + mw + aw)
         probs = self.predictor(region, keep=keep)
       counts['tiles'] += 1
       if probs is None:
@@ -223,8 +234,10 @@ def run_cohort(run, files, stems):
       continue
     try:
       row = run.predict(path, name, stem)
-    except (slides.SlideError, OSError, ValueError) as e:
-      reason = str(e) if str(path) in str(e) else f'{path}: {e}'
+    except Exception as e:  # pylint: disable=broad-except
+      # One slide's failure (a damaged tile, a full disk, out of memory) must not stop the
+      # cohort; Ctrl-C and SIGTERM (BaseException) still do.
+      reason = str(e) if str(path) in str(e) else f'{path}: {type(e).__name__}: {e}'
       skipped.append(reason)
       logging.error('Slide failed: %s', reason)
       workdir_lib.write_json_atomic(out / f'{stem}.failed.json',

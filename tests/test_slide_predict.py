@@ -40,24 +40,34 @@ def _toy_model(windows):
   return np.stack([1 - p, p], -1)
 
 
-def _predictor(tta):
+def _predictor(tta, overlap=0.5):
   one_view = functools.partial(inference.sliding_window, _toy_model, window=(64, 64),
-                               overlap=0.5, window_batch=4)
+                               overlap=overlap, window_batch=4)
   return lambda image, keep=None: inference.with_tta(one_view, image, tta, keep=keep)
 
 
-def _config(mpp, tile):
+def _config(mpp, tile, overlap=0.5):
   return ml_collections.ConfigDict({
       'data': {'mpp': mpp, 'scale': 1.0},
-      'inference': {'slide_tile': tile, 'window': (64, 64), 'overlap': 0.5}})
+      'inference': {'slide_tile': tile, 'window': (64, 64), 'overlap': overlap}})
 
 
-def test_tiles_stitch_exactly_as_one_sliding_window_over_the_slide(tmp_path, tissue):
+def test_tiling_rounds_to_strides_and_reaches_every_window():
+  assert slide_predict.tiling((64, 64), 0.5, 200) == (192, (32, 32), (32, 32))
+  # A window that is not a whole number of strides: 256 px every 192 px reaches one stride
+  # back and 64 px on; tiles a multiple of 192 and of 16 (TIFF tiles).
+  assert slide_predict.tiling((256, 256), 0.25, 2048) == (2112, (192, 192), (64, 64))
+  assert slide_predict.tiling((300, 300), 0.5, 2048)[0] % 16 == 0
+
+
+@pytest.mark.parametrize('overlap', [0.5, 0.25])
+def test_tiles_stitch_exactly_as_one_sliding_window_over_the_slide(tmp_path, tissue, overlap):
   rgb, _, _ = tissue
-  # Whole strides (32 px) of the model's pixels, and a band of bare glass on the right.
-  rgb = np.concatenate([rgb[:1312, :1824], np.full((1312, 608, 3), 246, np.uint8)], axis=1)
+  # Whole strides (32 or 48 px) of the model's pixels, and a band of bare glass on the right.
+  rgb = np.concatenate([rgb[:1248, :1824], np.full((1248, 576, 3), 246, np.uint8)], axis=1)
   path = slide_fixtures.write_tiff(tmp_path / 's.tif', rgb)
-  run = slide_predict.SlideRun(_predictor('flips'), _config(slide_fixtures.GLAS_MPP, 200), CLASSES,
+  run = slide_predict.SlideRun(_predictor('flips', overlap),
+                               _config(slide_fixtures.GLAS_MPP, 200, overlap), CLASSES,
                                {}, {}, tmp_path, object_type='annotation', scale=1.0)
   row = run.predict(path, 's.tif', 's')
   assert row['status'] == 'ok' and row['tiles'] == 7 * 13  # tile 200 rounded to 192
@@ -66,15 +76,15 @@ def test_tiles_stitch_exactly_as_one_sliding_window_over_the_slide(tmp_path, tis
   assert labels.shape == rgb.shape[:2]
   # The reference: one sliding window over the whole slide (white beyond it, windows on the
   # same grid), the same tissue mask.
-  assert slide_predict.tiling((64, 64), 0.5, 200) == (192, (32, 32))
+  _, (m, _), (a, _) = slide_predict.tiling((64, 64), overlap, 200)
   with slides.open_slide(path) as slide:
     view = slides.View(slide, slide.mpp)
     assert view.level == 0 and view.level_factor == 1
     _, tissue, per_px = view.tissue(slide_predict.THUMBNAIL_SIDE)
-    m, (h, w) = 32, rgb.shape[:2]
-    whole = view.read(-m, -m, h + 2 * m, w + 2 * m)
-    keep = view.tissue_crop(tissue, per_px, -m, -m, h + 2 * m, w + 2 * m)
-  probs = _predictor('flips')(whole, keep=keep)[m:m + h, m:m + w]
+    h, w = rgb.shape[:2]
+    whole = view.read(-m, -m, h + m + a, w + m + a)
+    keep = view.tissue_crop(tissue, per_px, -m, -m, h + m + a, w + m + a)
+  probs = _predictor('flips', overlap)(whole, keep=keep)[m:m + h, m:m + w]
   reference = np.argmax(probs, -1)
   assert (labels != reference).mean() < 1e-5  # summation order only
   assert 0.05 < labels.mean() < 0.95

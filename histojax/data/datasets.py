@@ -182,7 +182,7 @@ def _folder_seg(config):
   names = ['background', *(classes or [f'class{i}' for i in range(1, k)])]
   skipped = [f'Skipped bad input: {s}' for s in records.skipped]
   spec = {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)}
-  fingerprint = build.fingerprint(config, files, 'root') | {'num_classes': k}
+  fingerprint = build.fingerprint(config, files, 'root', 'classes') | {'num_classes': k}
   if any(r.split for r in records):
     return _folder_seg_fixed(config, records, fingerprint, spec, names, skipped)
   stored, _ = store.prepare('folder_seg', fingerprint, ['examples'], generate, spec)

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from histojax.data import paths
 
-THUMBNAIL_BAND_PX = 64 * 2**20  # pixels of one band read for a thumbnail
+THUMBNAIL_BAND_PX = 16 * 2**20  # pixels of one band read for a thumbnail
 # Flat images (PNG, JPEG, BMP, a plain TIFF) are decoded whole up to PIL's limit; a TIFF that is
 # tiled, pyramidal or larger is read as a slide (by region).
 FLAT_MAX_PIXELS = 178956970
@@ -80,8 +80,8 @@ class Slide:
     if self.backend == 'openslide':
       region = self._handle.read_region((int(x), int(y)), level, (int(width), int(height)))
       rgba = np.asarray(region)
-      alpha = rgba[..., 3:4].astype(np.float32) / 255.0  # transparent = outside the scan
-      return (rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+      alpha = rgba[..., 3:4].astype(np.uint16)  # transparent = outside the scan: white
+      return ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
     scale = self.downsamples[level]
     lx, ly = int(round(x / scale)), int(round(y / scale))
     out = np.full((int(height), int(width), 3), 255, np.uint8)
@@ -106,8 +106,9 @@ class Slide:
     # In bands of rows, every factor-th pixel (nearest: the thumbnail is for masks and an
     # overview), so that a slide without a pyramid is never read whole.
     band = factor * max(1, THUMBNAIL_BAND_PX // max(w, 1) // factor)
-    parts = [self.read(level, 0, y * scale, w, min(band, h - y))[::factor, ::factor]
-             for y in range(0, h, band)]
+    # A copy of each band's sample: a strided view would keep the whole band alive.
+    parts = [np.ascontiguousarray(self.read(level, 0, y * scale, w, min(band, h - y))
+                                  [::factor, ::factor]) for y in range(0, h, band)]
     return np.concatenate(parts), scale * factor
 
   def close(self):
@@ -131,19 +132,26 @@ class View:
     self.slide, self.mpp = slide, float(mpp)
     self.factor = self.mpp / slide.mpp
     self.level = slide.level_for(self.mpp)
-    level_factor = self.factor / slide.downsamples[self.level]
-    self.level_factor = 1.0 if abs(level_factor - 1) < 0.01 else level_factor
+    self.level_factor = self.factor / slide.downsamples[self.level]
+    if abs(self.level_factor - 1) < 0.01:  # the level's own pixels (levels' sizes round)
+      self.level_factor, self.factor = 1.0, slide.downsamples[self.level]
     width, height = slide.dimensions[0]
     self.shape = (max(1, round(height / self.factor)), max(1, round(width / self.factor)))
 
   def read(self, y, x, h, w):
     """uint8 [h, w, 3] of view rows y.. and columns x.. (outside the slide: white),
     resampled from the level (antialiased bilinear) when it is not at `mpp`."""
-    lh, lw = math.ceil(h * self.level_factor), math.ceil(w * self.level_factor)
-    rgb = self.slide.read(self.level, round(x * self.factor), round(y * self.factor), lw, lh)
-    if (lh, lw) == (h, w):
-      return rgb
-    box = (0, 0, w * self.level_factor, h * self.level_factor)
+    lf, ds = self.level_factor, self.slide.downsamples[self.level]
+    if lf == 1.0:
+      return self.slide.read(self.level, round(x * ds), round(y * ds), w, h)
+    # From the level pixel the region starts in; the fraction goes into the resize box, so
+    # regions of neighbouring tiles sample one continuous grid.
+    ly, lx = y * lf, x * lf
+    iy, ix = math.floor(ly), math.floor(lx)
+    fy, fx = ly - iy, lx - ix
+    lh, lw = math.ceil(fy + h * lf) + 1, math.ceil(fx + w * lf) + 1
+    rgb = self.slide.read(self.level, round(ix * ds), round(iy * ds), lw, lh)
+    box = (fx, fy, fx + w * lf, fy + h * lf)
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR, box=box))
 
   def tissue(self, thumbnail_side=2048):
