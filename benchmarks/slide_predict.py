@@ -3,10 +3,13 @@ size, and the Dice of the stitched slide prediction against predicting its image
 
   python benchmarks/slide_predict.py --workdir=W --slides=/big/disk/slides --sides=10000,30000
   python benchmarks/slide_predict.py --workdir=W --slides=DIR --sides=10000 --dice
+  python benchmarks/slide_predict.py --workdir=W --slides=DIR --sides=10000,30000,60000 --sparse=12
 
 Slides are GlaS images (release pixel size 0.62005 µm/px) tiled onto a near-white canvas with
 96 px of glass between them, written as JPEG-tiled (q90) pyramidal TIFFs with resolution tags,
-tile by tile: the canvas is never held whole. `--dice`: the 10k² slide holds the 80 test
+tile by tile: the canvas is never held whole. Level k holds each image downsampled 2^k times
+with the antialiased bilinear filter of training (histojax/data/resample.py), as a scanner's
+pyramid holds filtered, not decimated, levels. `--dice`: the 10k² slide holds the 80 test
 images (testA + testB) once each; its predicted label map (at the model's pixel size) is scored
 against the stitched truth, and the same images predicted one by one (`--mode=predict` on a
 folder of them, the masks brought to the model's pixel size by nearest neighbour) are scored
@@ -16,6 +19,7 @@ comes from wait4. Prints one JSON line per slide.
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +42,8 @@ flags.DEFINE_string('sides', '10000,30000', 'Slide sides (px) to build and predi
 flags.DEFINE_bool('dice', False, 'Stitched vs per-image Dice on the 10k² test-image slide.')
 flags.DEFINE_string('extra', '', 'Extra launch.py flags, comma-separated.')
 flags.DEFINE_bool('build_only', False, 'Only write the slides.')
+flags.DEFINE_integer('sparse', 0, 'Only this many images, spread evenly over the slide (the '
+                     'same tissue on every size: memory against slide size at equal work).')
 FLAGS = flags.FLAGS
 GAP, TILE, BACKGROUND = 96, 512, 246
 
@@ -46,27 +52,38 @@ class Layout:
   """Images on a grid of cells (image + GAP), cycling through `images` (one per cell, or
   only `len(images)` cells with `once`)."""
 
-  def __init__(self, images, masks, side, once=False):
-    self.images, self.masks, self.side = images, masks, side
+  def __init__(self, images, masks, side, once=False, sparse=0):
+    self.images, self.masks, self.side, self.sparse = images, masks, side, sparse
+    self._scaled = {}
     # Cells a multiple of 4 px: images start on whole pixels of levels 1 and 2 too.
     self.cell_h = -(-(max(i.shape[0] for i in images) + GAP) // 4) * 4
     self.cell_w = -(-(max(i.shape[1] for i in images) + GAP) // 4) * 4
     self.columns = (side - GAP) // self.cell_w
     rows = (side - GAP) // self.cell_h
-    self.count = min(len(images), self.columns * rows) if once else self.columns * rows
+    self.cells = self.columns * rows
+    self.count = min(len(images), self.cells) if once else self.cells
+    if sparse:
+      self.count = min(sparse, self.cells)
 
   def boxes(self):
-    for k in range(self.count):
+    step = self.cells // self.count if self.sparse else 1
+    for i in range(self.count):
+      k = i * step
       y = GAP + (k // self.columns) * self.cell_h
       x = GAP + (k % self.columns) * self.cell_w
-      yield k % len(self.images), x, y
+      yield i % len(self.images), x, y
 
-  def region(self, y0, x0, h, w, scale=1, labels=False):
-    """Canvas (or its label map) at 1/scale, rows y0.., columns x0.. of that level."""
-    out = np.zeros((h, w), np.uint8) if labels else np.full((h, w, 3), BACKGROUND, np.uint8)
+  def scaled(self, i, scale):
+    key = (i, scale)
+    if key not in self._scaled:
+      self._scaled[key] = resample.image(self.images[i], 1 / scale)
+    return self._scaled[key]
+
+  def region(self, y0, x0, h, w, scale=1):
+    """The canvas at 1/scale, rows y0.., columns x0.. of that level."""
+    out = np.full((h, w, 3), BACKGROUND, np.uint8)
     for i, x, y in self.boxes():
-      src = (self.masks if labels else self.images)[i]
-      src = src[::scale, ::scale] if scale > 1 else src
+      src = self.scaled(i, scale)
       x, y = x // scale, y // scale
       top, left = max(y, y0), max(x, x0)
       bottom, right = min(y + src.shape[0], y0 + h), min(x + src.shape[1], x0 + w)
@@ -126,8 +143,9 @@ def main(_):
   images = [np.asarray(Image.open(r.image_path).convert('RGB')) for r in chosen]
   masks = [(np.asarray(Image.open(r.mask_path)) > 0).astype(np.uint8) for r in chosen]
   for side in map(int, FLAGS.sides.split(',')):
-    layout = Layout(images, masks, side, once=FLAGS.dice)
-    slide = out / f'slide_{side}{"_test" if FLAGS.dice else ""}.tif'
+    layout = Layout(images, masks, side, once=FLAGS.dice, sparse=FLAGS.sparse)
+    kind = '_test' if FLAGS.dice else f'_sparse{FLAGS.sparse}' if FLAGS.sparse else ''
+    slide = out / f'slide_{side}{kind}.tif'
     if not slide.exists():
       t0 = time.perf_counter()
       write_slide(slide.with_suffix('.tmp.tif'), layout)
@@ -137,6 +155,8 @@ def main(_):
     if FLAGS.build_only:
       continue
     result = out / f'pred_{slide.stem}'
+    if result.exists():  # a new measurement, not a re-run that skips the finished slide
+      shutil.rmtree(result)
     seconds, rss, cpu, _ = run_predict(slide, result, extra)
     row = json.loads((result / f'{slide.stem}.summary.json').read_text())
     line = {'slide': slide.name, 'side': side, 'images': layout.count,
@@ -152,7 +172,8 @@ def main(_):
       for r, image in zip(chosen, images):
         if not (folder / f'{r.name}.png').exists():
           Image.fromarray(image).save(folder / f'{r.name}.png')
-      _, _, _, _ = run_predict(folder, out / 'pred_images', extra)
+      if not all((out / 'pred_images' / f'{r.name}_mask.png').exists() for r in chosen):
+        run_predict(folder, out / 'pred_images', extra)  # the same model: done once
       stitched, single = [], []
       for (i, x, y), r in zip(layout.boxes(), chosen):
         small = resample.mask(masks[i], 1 / factor)  # the truth at the model's pixel size

@@ -6,7 +6,8 @@
 Each slide is read at the model's pixel size (W's `data.mpp / data.scale`): from the pyramid
 level nearest to it, resampled (antialiased bilinear), so a 40x slide is predicted at the
 scale the model was trained at. Tissue is found on a thumbnail (Otsu on saturation,
-histojax/data/sources/slides.py); only windows over tissue are predicted. The slide is cut
+histojax/data/sources/slides.py); only windows over tissue are predicted, and pixels off
+the tissue mask are background. The slide is cut
 into `inference.slide_tile`² tiles of the model's pixels; each tile is predicted with a margin
 of (window - stride) px, so its windows are exactly the windows of one sliding window over the
 whole slide that touch it (seams cost nothing; edge windows are computed by both neighbours).
@@ -41,6 +42,7 @@ from histojax.metrics import objects
 
 THUMBNAIL_SIDE = 2048   # tissue detection and the overlay
 FAR = 4.0               # read level this many times finer or coarser than the model: warn
+LOG_EVERY_S = 60        # progress lines when stderr is not a terminal
 OUTPUTS = (('tissue', '_tissue.png'), ('overlay', '_overlay.png'), ('geojson', '.geojson'),
            ('mask', '_mask.tif'), ('summary', '.summary.json'))
 
@@ -164,7 +166,8 @@ class SlideRun:
     bar = tqdm.tqdm(origins, desc=name, unit='tile', leave=False,
                     disable=not sys.stderr.isatty())
     start, done_px = time.perf_counter(), 0
-    for y, x in bar:
+    logged = start
+    for i, (y, x) in enumerate(bar):
       h, w = min(t, height - y), min(t, width - x)
       inner = (y > 0, y + t < height, x > 0, x + t < width)
       keep = view.tissue_crop(tissue, per_model_px, y - mh, x - mw, t + mh + ah, t + mw + aw)
@@ -178,8 +181,11 @@ class SlideRun:
       else:
         counts['tiles_with_tissue'] += 1
         probs = probs[mh:mh + h, mw:mw + w]
-        labels = _drop_small_interior(np.argmax(probs, -1).astype(np.uint8), self.min_size,
-                                      inner)
+        labels = np.argmax(probs, -1).astype(np.uint8)
+        # Off the tissue mask is background: a window over a tissue edge sees glass too, and
+        # glass looks like a gland's lumen.
+        labels[~keep[mh:mh + h, mw:mw + w]] = 0
+        labels = _drop_small_interior(labels, self.min_size, inner)
       stitcher.add(labels, probs, y, x, inner)
       rows = np.flatnonzero((thumb_rows >= y) & (thumb_rows < y + h))
       cols = np.flatnonzero((thumb_cols >= x) & (thumb_cols < x + w))
@@ -187,7 +193,13 @@ class SlideRun:
         thumb_labels[np.ix_(rows, cols)] = labels[np.ix_(thumb_rows[rows] - y,
                                                          thumb_cols[cols] - x)]
       done_px += h * w * view.factor ** 2
-      bar.set_postfix_str(f'{done_px / 1e6 / (time.perf_counter() - start):.1f} Mpx/s')
+      now = time.perf_counter()
+      rate = f'{done_px / 1e6 / (now - start):.1f} Mpx/s'
+      bar.set_postfix_str(rate)
+      if bar.disable and now - logged > LOG_EVERY_S:  # a log file: a line now and then
+        logging.info('%s: %d/%d tiles (%d with tissue), %s of the slide.', name, i + 1,
+                     len(origins), counts['tiles_with_tissue'], rate)
+        logged = now
       yield np.pad(labels, ((0, t - h), (0, t - w)))
 
 

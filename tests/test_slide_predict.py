@@ -85,7 +85,7 @@ def test_tiles_stitch_exactly_as_one_sliding_window_over_the_slide(tmp_path, tis
     whole = view.read(-m, -m, h + m + a, w + m + a)
     keep = view.tissue_crop(tissue, per_px, -m, -m, h + m + a, w + m + a)
   probs = _predictor('flips', overlap)(whole, keep=keep)[m:m + h, m:m + w]
-  reference = np.argmax(probs, -1)
+  reference = np.where(keep[m:m + h, m:m + w], np.argmax(probs, -1), 0)  # glass: background
   assert (labels != reference).mean() < 1e-5  # summation order only
   assert 0.05 < labels.mean() < 0.95
   # GeoJSON: one feature per 4-connected object (none duplicated at tile edges), rasterising
@@ -134,6 +134,26 @@ def test_label_pyramid_reads_in_openslide_with_its_pixel_size(tmp_path):
   assert np.array_equal(level0, labels)
   level1 = np.asarray(s.read_region((0, 0), 1, (1050, 750)))[..., 0]
   assert np.array_equal(level1, labels[::2, ::2])  # labels are picked, never averaged
+
+
+def test_a_slide_far_from_the_models_pixel_size_warns(tmp_path, tissue, caplog):
+  rgb, _, _ = tissue
+  path = slide_fixtures.write_tiff(tmp_path / 'coarse.tif', rgb[96:352, 96:416], mpp=2.5,
+                                   levels=1)
+  run = slide_predict.SlideRun(_predictor('none'), _config(0.5, 256), CLASSES, {}, {},
+                               tmp_path, object_type='annotation', scale=1.0)
+  row = run.predict(path, 'coarse.tif', 'coarse')  # 5x upsampled to the model's 0.5 µm/px
+  assert row['status'] == 'ok' and row['level'] == 0
+  assert 'coarse.tif: read at 2.500 µm/px' in caplog.text and 'wrong pixel size' in caplog.text
+  with tifffile.TiffFile(tmp_path / 'coarse_mask.tif') as tif:
+    assert tif.pages[0].shape == (256 * 5, 320 * 5)
+
+
+def test_an_unwritable_output_folder_is_one_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(Exception, match=r'--output .*file/out: cannot write there'):
+    predict._check_writable(blocker / 'out')  # pylint: disable=protected-access
 
 
 def test_shards_split_a_cohort():
@@ -211,10 +231,17 @@ def test_a_cohort_end_to_end_with_bad_slides_reruns_and_shards(tmp_path, tissue)
   assert 'good.tif: finished in an earlier run' in text
   assert 'vendor.svs: finished in an earlier run' in text
   assert _rows(out)['nompp.tif']['status'] == 'ok'
-  # Shards: two runs into one folder, each its own slides; either run's merge sees both.
+  # Shards over a CSV cohort (one row names a slide that is not there): two runs into one
+  # folder, each its own slides; either run's merge sees both.
+  listing = tmp_path / 'cohort.csv'
+  listing.write_text('filename\n' + ''.join(f'cohort/{p.name}\n' for p in sorted(
+      cohort.iterdir())) + 'cohort/missing.svs\n')
+  args[2] = f'--input={listing}'
   sharded = tmp_path / 'sharded'
   for shard in ('0/2', '1/2'):
     predict_run(sharded, f'--shard={shard}', '--mpp=0.62')
-  assert sorted(_rows(sharded)) == sorted(rows)
-  assert {n for n, r in _rows(sharded).items() if r['status'] == 'ok'} == {
-      'good.tif', 'vendor.svs', 'nompp.tif'}
+  merged = _rows(sharded)
+  assert sorted(merged) == sorted([*rows, 'cohort/missing.svs'])
+  assert 'missing.svs: no such slide' in merged['cohort/missing.svs']['error']
+  assert {n for n, r in merged.items() if r['status'] == 'ok'} == {
+      'cohort/good.tif', 'cohort/vendor.svs', 'cohort/nompp.tif'}

@@ -144,3 +144,15 @@ def test_ome_pyramids_and_stripped_tiffs_read_with_tifffile(tmp_path, tissue):
   with slides.open_slide(stripped) as slide:
     assert slide.backend == 'tifffile' and slide.mpp == pytest.approx(0.25)
     np.testing.assert_array_equal(slide.read(0, 10, 20, 30, 40), rgb[20:60, 10:40])
+
+
+def test_pale_tissue_beside_dense_tissue_is_still_tissue(tissue):
+  """Otsu alone splits pale from dense stain on such a slide; the clamp keeps both."""
+  rgb, _, boxes = tissue
+  rgb = rgb.copy()
+  for x, y, w, h in boxes[:2]:  # two images faded towards white, as pale H&E looks
+    rgb[y:y + h, x:x + w] = (0.3 * rgb[y:y + h, x:x + w] + 0.7 * 250).astype(np.uint8)
+  mask = slides.tissue_mask(rgb[::4, ::4])
+  for x, y, w, h in boxes:
+    assert mask[y // 4:(y + h) // 4, x // 4:(x + w) // 4].mean() > 0.9
+  assert not mask[:20, :20].any()  # the glass

@@ -23,8 +23,10 @@ GRADES = ('benign', 'malignant')
 _NAME = re.compile(r'^(train|testA|testB)_(\d+)$')
 _MASK_EXTS = ('.bmp', '.png', '.tif', '.tiff')
 GRADE_FILE = 'Grade.csv'
-# Pixel size of the release images: Zeiss MIRAX MIDI scans at 20x, 0.62005 µm per pixel
-# (glas.grand-challenge.org/Dataset; Sirinukunwattana et al., Medical Image Analysis 2017).
+# Pixel size of the release images: 0.62005 µm per pixel, 20x (glas.grand-challenge.org/Dataset).
+# The slides were scanned (Zeiss MIRAX MIDI) at 0.465 µm/px and rescaled to 0.620 for the
+# release (Sirinukunwattana et al., "Gland segmentation in colon histology images: the GlaS
+# challenge contest", Medical Image Analysis 2017; paperswithcode.com/dataset/glas quotes it).
 MPP = 0.62005
 
 

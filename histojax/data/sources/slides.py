@@ -325,15 +325,18 @@ def otsu_threshold(values, bins=256):
   return float(centres[int(np.argmax(between))])
 
 
-def tissue_mask(rgb, min_saturation=0.05, min_object_fraction=0.0005):
-  """Boolean tissue mask of an RGB thumbnail: saturation above Otsu's threshold (and above
-  `min_saturation`, so that an empty slide has no tissue), closed and opened, holes filled,
-  components smaller than `min_object_fraction` of the image dropped. H&E tissue is
-  saturated; glass, background and most pen-free artefacts are not."""
+def tissue_mask(rgb, min_saturation=0.03, max_saturation=0.05, min_object_fraction=0.0005):
+  """Boolean tissue mask of an RGB thumbnail: saturation (3x3 median) above Otsu's threshold
+  clamped to [min_saturation, max_saturation], closed and opened, holes filled, components
+  smaller than `min_object_fraction` of the image dropped. H&E tissue is saturated; glass,
+  background and most pen-free artefacts are not. The clamp: above, an empty slide has no
+  tissue; below, pale tissue stays tissue when Otsu splits pale from dense stain instead of
+  tissue from glass (seen on a canvas of GlaS images: Otsu 0.24, pale images' median 0.09)."""
   rgb = np.asarray(rgb, np.float32) / 255.0
   high, low = rgb.max(-1), rgb.min(-1)
   saturation = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
-  threshold = max(otsu_threshold(saturation.ravel()), min_saturation)
+  saturation = ndimage.median_filter(saturation, size=3)
+  threshold = min(max(otsu_threshold(saturation.ravel()), min_saturation), max_saturation)
   mask = saturation > threshold
   structure = np.ones((3, 3), bool)
   mask = ndimage.binary_closing(mask, structure, iterations=2)
