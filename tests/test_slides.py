@@ -156,3 +156,17 @@ def test_pale_tissue_beside_dense_tissue_is_still_tissue(tissue):
   for x, y, w, h in boxes:
     assert mask[y // 4:(y + h) // 4, x // 4:(x + w) // 4].mean() > 0.9
   assert not mask[:20, :20].any()  # the glass
+
+
+def test_specks_are_judged_by_their_size_in_microns(tmp_path, tissue):
+  """A 300 px piece of tissue: 0.035 mm² at 0.62 µm/px (tissue), 900 µm² at 0.1 (a speck),
+  whatever share of the thumbnail it is (a share would drop whole biopsies on big slides)."""
+  rgb, _, boxes = tissue
+  x, y, _, _ = boxes[0]
+  canvas = np.full((2048, 2048, 3), 246, np.uint8)
+  canvas[900:1200, 900:1200] = rgb[y:y + 300, x:x + 300]
+  for mpp, found in ((0.62, True), (0.1, False)):
+    path = slide_fixtures.write_tiff(tmp_path / f'piece{mpp}.tif', canvas, mpp=mpp, levels=1)
+    with slides.open_slide(path) as slide:
+      _, mask, _ = slides.View(slide, 1.0).tissue(512)
+      assert mask.any() == found, mpp

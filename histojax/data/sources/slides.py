@@ -21,6 +21,7 @@ from scipy import ndimage
 from histojax.data import paths
 
 THUMBNAIL_BAND_PX = 16 * 2**20  # pixels of one band read for a thumbnail
+MIN_TISSUE_UM2 = 1e4  # 0.01 mm² (100 µm square): smaller pieces on a thumbnail are specks
 # Flat images (PNG, JPEG, BMP, a plain TIFF) are decoded whole up to PIL's limit; a TIFF that is
 # tiled, pyramidal or larger is read as a slide (by region).
 FLAT_MAX_PIXELS = 178956970
@@ -155,9 +156,13 @@ class View:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR, box=box))
 
   def tissue(self, thumbnail_side=2048):
-    """(thumbnail RGB, its tissue mask, thumbnail px per view px)."""
+    """(thumbnail RGB, its tissue mask, thumbnail px per view px). Pieces of tissue under
+    MIN_TISSUE_UM2 are specks (a fraction of the thumbnail would drop whole biopsies on a
+    large slide)."""
     thumb, downsample = self.slide.thumbnail(thumbnail_side)
-    return thumb, tissue_mask(thumb), self.factor / downsample
+    thumb_mpp = self.slide.mpp * downsample
+    mask = tissue_mask(thumb, min_object_px=MIN_TISSUE_UM2 / thumb_mpp ** 2)
+    return thumb, mask, self.factor / downsample
 
   def tissue_crop(self, tissue, per_view_px, y, x, h, w):
     """bool [h, w]: which view pixels of rows y.., columns x.. lie on tissue (nearest
@@ -325,10 +330,12 @@ def otsu_threshold(values, bins=256):
   return float(centres[int(np.argmax(between))])
 
 
-def tissue_mask(rgb, min_saturation=0.03, max_saturation=0.05, min_object_fraction=0.0005):
+def tissue_mask(rgb, min_saturation=0.03, max_saturation=0.05, min_object_fraction=0.0005,
+                min_object_px=None):
   """Boolean tissue mask of an RGB thumbnail: saturation (3x3 median) above Otsu's threshold
   clamped to [min_saturation, max_saturation], closed and opened, holes filled, components
-  smaller than `min_object_fraction` of the image dropped. H&E tissue is saturated; glass,
+  smaller than `min_object_px` (default: `min_object_fraction` of the image) dropped. H&E
+  tissue is saturated; glass,
   background and most pen-free artefacts are not. The clamp: above, an empty slide has no
   tissue; below, pale tissue stays tissue when Otsu splits pale from dense stain instead of
   tissue from glass (seen on a canvas of GlaS images: Otsu 0.24, pale images' median 0.09)."""
@@ -345,6 +352,7 @@ def tissue_mask(rgb, min_saturation=0.03, max_saturation=0.05, min_object_fracti
   labels, n = ndimage.label(mask)
   if n:
     sizes = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(sizes >= min_object_fraction * mask.size) + 1
+    smallest = min_object_fraction * mask.size if min_object_px is None else min_object_px
+    keep = np.flatnonzero(sizes >= smallest) + 1
     mask = np.isin(labels, keep)
   return mask
