@@ -241,7 +241,7 @@ def test_a_cohort_end_to_end_with_bad_slides_reruns_and_shards(tmp_path, tissue)
   for shard in ('0/2', '1/2'):
     predict_run(sharded, f'--shard={shard}', '--mpp=0.62')
   merged = _rows(sharded)
-  assert sorted(merged) == sorted([*rows, 'cohort/missing.svs'])
+  assert sorted(merged) == sorted([*(f'cohort/{n}' for n in rows), 'cohort/missing.svs'])
   assert 'missing.svs: no such slide' in merged['cohort/missing.svs']['error']
   assert {n for n, r in merged.items() if r['status'] == 'ok'} == {
       'cohort/good.tif', 'cohort/vendor.svs', 'cohort/nompp.tif'}
