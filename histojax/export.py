@@ -18,6 +18,8 @@ from scipy import ndimage
 import shapely
 import shapely.geometry
 
+from histojax.data.sources import annotations
+
 # Okabe-Ito, colour-blind safe: background black, then the foreground classes (cycled).
 PALETTE = (
     (0, 0, 0),
@@ -178,17 +180,8 @@ def rasterize(fc, shape, class_names) -> np.ndarray:
     if name not in index:
       raise ValueError(f'rasterize: unknown class name {name!r} (known: {list(class_names)})')
     geom = shapely.geometry.shape(feature['geometry'])
-    if geom.is_empty:
-      continue
-    minx, miny, maxx, maxy = geom.bounds
-    r0, r1 = max(int(np.floor(miny)), 0), min(int(np.ceil(maxy)), height)
-    c0, c1 = max(int(np.floor(minx)), 0), min(int(np.ceil(maxx)), width)
-    if r0 >= r1 or c0 >= c1:
-      continue
-    shapely.prepare(geom)
-    yy, xx = np.mgrid[r0:r1, c0:c1]
-    inside = shapely.contains_xy(geom, xx + 0.5, yy + 0.5)
-    out[r0:r1, c0:c1][inside] = index[name]
+    box, inside = annotations.polygon_pixels(geom, (height, width))
+    out[box][inside] = index[name]
   return out
 
 

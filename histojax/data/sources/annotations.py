@@ -71,6 +71,21 @@ def _imagescope(path):
   return regions
 
 
+def polygon_pixels(geom, shape):
+  """(bounding-box slices, bool mask within them) of the pixels of an [H, W] image whose
+  centre (c + 0.5, r + 0.5) lies inside `geom`; an empty mask when none can."""
+  height, width = shape
+  if geom.is_empty:
+    return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool)
+  minx, miny, maxx, maxy = geom.bounds
+  r0, r1 = max(int(np.floor(miny)), 0), max(min(int(np.ceil(maxy)), height), 0)
+  c0, c1 = max(int(np.floor(minx)), 0), max(min(int(np.ceil(maxx)), width), 0)
+  r1, c1 = max(r1, r0), max(c1, c0)
+  shapely.prepare(geom)
+  yy, xx = np.mgrid[r0:r1, c0:c1]
+  return (slice(r0, r1), slice(c0, c1)), shapely.contains_xy(geom, xx + 0.5, yy + 0.5)
+
+
 def rasterize(regions, shape, classes=None, where='annotations'):
   """(int32 labels [H, W], int32 instances [H, W]) of `regions`."""
   index = {c.lower(): i + 1 for i, c in enumerate(classes or ())}
@@ -83,18 +98,9 @@ def rasterize(regions, shape, classes=None, where='annotations'):
         raise paths.DataError(f'{where}: region {n} has class {name!r}, which data.classes '
                               f'{list(classes)} does not name (config key: data.classes).')
     label = 0 if hole else index.get(name.lower(), 1)
-    if geom.is_empty:
-      continue
-    minx, miny, maxx, maxy = geom.bounds
-    r0, r1 = max(int(np.floor(miny)), 0), min(int(np.ceil(maxy)), height)
-    c0, c1 = max(int(np.floor(minx)), 0), min(int(np.ceil(maxx)), width)
-    if r0 >= r1 or c0 >= c1:
-      continue
-    shapely.prepare(geom)
-    yy, xx = np.mgrid[r0:r1, c0:c1]
-    inside = shapely.contains_xy(geom, xx + 0.5, yy + 0.5)
-    labels[r0:r1, c0:c1][inside] = label
-    instances[r0:r1, c0:c1][inside] = 0 if hole else n
+    box, inside = polygon_pixels(geom, (height, width))
+    labels[box][inside] = label
+    instances[box][inside] = 0 if hole else n
   return labels, instances
 
 
