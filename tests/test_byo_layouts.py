@@ -90,7 +90,10 @@ def test_a_fixed_train_test_split_with_annotations_trains_on_train_only(tmp_path
   masks = {n: m for n, _, m in examples}
   for i in range(len(test)):
     example = test[i]
-    assert any(np.array_equal(example['mask'], masks[n]) for n, *_ in examples[6:])
+    # Binary + polygons: the masks are instance maps, one object per polygon.
+    assert any(np.array_equal(example['mask'] > 0, masks[n] > 0) for n, *_ in examples[6:])
+    assert example['mask'].max() == len(_qupath(masks[test.names[i]], {1: 'g'})['features'])
+  assert splits.info['instance_masks']
   assert any('6 images of train/' in n or 'of the 6 images' in n for n in splits.info['notes'])
   # Both layouts at once, or a train/ without test/, is refused by name.
   (root / 'images').mkdir()
@@ -130,3 +133,66 @@ def test_class_folders_of_whole_slides_give_tissue_tiles_at_the_models_pixel_siz
   # Each 200x240 crop holds 4 x 5 tiles of 48 px; glass is never tiled.
   assert 20 <= len(tiles) <= 2 * 2 * 20
   assert all(t['image'].shape == (48, 48, 3) and t['image'].mean() < 235 for t in tiles)
+
+
+def test_annotated_whole_slides_give_their_annotated_regions_split_by_slide(tmp_path):
+  import slide_fixtures
+  from configs import warwick_unet
+  examples = _glas(6)
+  root = tmp_path / 'byo'
+  (root / 'images').mkdir(parents=True)
+  (root / 'annotations').mkdir()
+  truth = {}
+  for k in range(3):
+    part = examples[2 * k:2 * k + 2]
+    rgb, labels, _ = slide_fixtures.canvas([e[1] for e in part], [e[2] for e in part],
+                                           columns=1)
+    slide_fixtures.write_tiff(root / 'images' / f'slide{k}.tif', rgb, levels=2, tile=64,
+                              compression='zlib')
+    (root / 'annotations' / f'slide{k}.geojson').write_text(
+        json.dumps(_qupath(labels, {1: 'gland'})))
+    truth[f'slide{k}'] = rgb, labels
+  config = warwick_unet.get_config(f'root={root},classes=2')
+  config.data.fractions = dict(train=0.34, val=0.33, test=0.33)
+  config.data.slide_region = 128
+  with pytest.raises(paths.DataError, match='slide0.tif is a whole slide: set data.mpp'):
+    datasets.get_splits(config)
+  config.data.mpp = slide_fixtures.GLAS_MPP  # level 0 as is: regions exact to the pixel
+  splits = datasets.get_splits(config)
+  assert splits.info['instance_masks']
+  parts = {'train': splits.train, 'val': splits.val, 'test': splits.tests['test']}
+  seen = {}
+  for part, data in parts.items():
+    for i in range(len(data)):
+      name, example = data.names[i], data[i]
+      stem, y, x = name.rsplit('_', 2)
+      y, x = int(y[1:]), int(x[1:])
+      rgb, labels = truth[stem]
+      want = np.zeros((128, 128), np.int32)
+      crop = labels[y:y + 128, x:x + 128]
+      want[:crop.shape[0], :crop.shape[1]] = crop
+      assert np.array_equal(example['mask'] > 0, want > 0), name
+      assert example['mask'].max() > 0  # only regions with annotated pixels
+      image = rgb[y:y + 128, x:x + 128]
+      assert np.array_equal(example['image'][:image.shape[0], :image.shape[1]], image)
+      seen.setdefault(stem, set()).add(part)
+  assert sorted(seen) == ['slide0', 'slide1', 'slide2']
+  assert all(len(p) == 1 for p in seen.values())  # a slide's regions in one split
+  # Every grid cell with a gland pixel is an example, once.
+  want = sum(int(labels[y:y + 128, x:x + 128].any()) for _, labels in truth.values()
+             for y in range(0, labels.shape[0], 128) for x in range(0, labels.shape[1], 128))
+  assert sum(len(d) for d in parts.values()) == want
+  # At half the resolution (level 1, read as is) the masks are the polygons' at that scale.
+  config.data.mpp = 2 * slide_fixtures.GLAS_MPP
+  data = datasets.get_splits(config).train
+  example, name = data[0], data.names[0]
+  stem, y, x = name.rsplit('_', 2)
+  coarse = truth[stem][1][::2, ::2][int(y[1:]):int(y[1:]) + 128, int(x[1:]):int(x[1:]) + 128]
+  got = example['mask'][:coarse.shape[0], :coarse.shape[1]] > 0
+  assert (got == (coarse > 0)).mean() > 0.97
+  # A slide is labelled by polygons only.
+  (root / 'masks').mkdir()
+  (root / 'annotations').rename(tmp_path / 'elsewhere')
+  with pytest.raises(paths.DataError, match='slide0.tif is a whole slide: its labels come as '
+                     'polygon annotations'):
+    folders.segmentation(root)

@@ -85,7 +85,7 @@ def configured_classes(config):
 
 # Bump a builder's version when its examples change for the same inputs and settings, so that
 # datasets stored by an older histojax are rebuilt instead of reused.
-FORMAT = {'glas': 2, 'crchisto_points': 2, 'brecahad_points': 2, 'folder_seg': 2,
+FORMAT = {'glas': 2, 'crchisto_points': 2, 'brecahad_points': 2, 'folder_seg': 3,
           'crchisto_patches': 2, 'glas_tiles': 2, 'folder_tiles': 2, 'csv_patches': 2}
 
 

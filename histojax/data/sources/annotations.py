@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import shapely
+import shapely.affinity
 
 from histojax.data import paths
 
@@ -86,21 +87,38 @@ def polygon_pixels(geom, shape):
   return (slice(r0, r1), slice(c0, c1)), shapely.contains_xy(geom, xx + 0.5, yy + 0.5)
 
 
-def rasterize(regions, shape, classes=None, where='annotations'):
-  """(int32 labels [H, W], int32 instances [H, W]) of `regions`."""
+def region_labels(regions, classes=None, where='annotations') -> list[int]:
+  """Each region's label: 0 for a hole, else its class's place in `classes` (1-based; 1 for
+  every region without `classes`); a class `classes` does not name is an error."""
   index = {c.lower(): i + 1 for i, c in enumerate(classes or ())}
-  height, width = shape
-  labels = np.zeros((height, width), np.int32)
-  instances = np.zeros((height, width), np.int32)
-  for n, (name, geom, hole) in enumerate(regions, start=1):
-    if not hole:
-      if index and name.lower() not in index:
-        raise paths.DataError(f'{where}: region {n} has class {name!r}, which data.classes '
-                              f'{list(classes)} does not name (config key: data.classes).')
-    label = 0 if hole else index.get(name.lower(), 1)
-    box, inside = polygon_pixels(geom, (height, width))
-    labels[box][inside] = label
-    instances[box][inside] = 0 if hole else n
+  out = []
+  for n, (name, _, hole) in enumerate(regions, start=1):
+    if not hole and index and name.lower() not in index:
+      raise paths.DataError(f'{where}: region {n} has class {name!r}, which data.classes '
+                            f'{list(classes)} does not name (config key: data.classes).')
+    out.append(0 if hole else index.get(name.lower(), 1))
+  return out
+
+
+def rasterize(regions, shape, classes=None, where='annotations', origin=(0.0, 0.0),
+              factor=1.0, only=None):
+  """(int32 labels [H, W], int32 instances [H, W]) of `regions` (instance n: the n-th region
+  of the file, 1-based). The window's pixel (r, c) covers the file's coordinates
+  origin + factor * (c, r): origin (x, y) and factor (file px per window px) cut and scale a
+  slide's level-0 polygons to a region read at a coarser pixel size. `only`: the indices of
+  the regions that can touch the window (all when None), drawn in file order."""
+  labels_of = region_labels(regions, classes, where)
+  x0, y0 = origin
+  to_window = [1 / factor, 0, 0, 1 / factor, -x0 / factor, -y0 / factor]
+  labels = np.zeros(shape, np.int32)
+  instances = np.zeros(shape, np.int32)
+  for i in (range(len(regions)) if only is None else sorted(only)):
+    geom, hole = regions[i][1], regions[i][2]
+    if (x0, y0, factor) != (0.0, 0.0, 1.0):
+      geom = shapely.affinity.affine_transform(geom, to_window)
+    box, inside = polygon_pixels(geom, shape)
+    labels[box][inside] = labels_of[i]
+    instances[box][inside] = 0 if hole else i + 1
   return labels, instances
 
 

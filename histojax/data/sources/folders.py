@@ -4,7 +4,10 @@
     may be binary 0/255 (-> 0/1), label-valued gray (kept), or palette PNG (-> palette indices).
     Instead of masks/, polygon annotations `<root>/annotations/<stem>.geojson|.json|.xml`
     (QuPath GeoJSON, Aperio ImageScope XML; histojax/data/sources/annotations.py), their
-    classes named by data.classes. A fixed split, as public sets ship one: `<root>/train/{images,masks}` and
+    classes named by data.classes. images/ may hold whole slides (SVS, NDPI, MRXS, tiled
+    TIFF...) annotated so, in level-0 pixels as QuPath and ImageScope write them: each becomes
+    its data.slide_region² px regions at data.mpp that hold an annotated pixel (slide_regions).
+    A fixed split, as public sets ship one: `<root>/train/{images,masks}` and
     `<root>/test/{images,masks}` (records carry split 'train' / 'test').
 (b) classification by folder: `<root>/<class name>/<image>`; classes are the sorted folder names.
     Whole slides may sit among the images (tiled by the tile datasets at the model's pixel
@@ -28,6 +31,7 @@ import pathlib
 import warnings
 
 import numpy as np
+import shapely
 
 from histojax.data import paths
 from histojax.data.sources import annotations, common, slides
@@ -42,6 +46,7 @@ class SegRecord:
   width: int
   split: str = ''  # 'train' / 'test' in the fixed-split layout, else ''
   classes: tuple = ()  # polygon annotations: foreground class names in label order
+  whole_slide: bool = False  # cut into annotated regions by slide_regions
 
   @property
   def group(self) -> str:
@@ -67,11 +72,19 @@ def _check_image(path: pathlib.Path, channels: int = 3) -> tuple[int, int]:
 
 
 def _seg_record(image_path, mask_dir, classes=None) -> SegRecord:
+  whole_slide = slides.is_whole_slide(image_path)
+  if whole_slide and mask_dir.name != 'annotations':
+    raise paths.DataError(f'{image_path} is a whole slide: its labels come as polygon '
+                          f'annotations, {mask_dir.parent}/annotations/{image_path.stem}'
+                          f'{"|".join(annotations.SUFFIXES)}, not as a mask image.')
   if mask_dir.name == 'annotations':
     mask_path = common.find_file(mask_dir, image_path.stem, annotations.SUFFIXES)
     if mask_path is None:
       raise paths.DataError(f'Image {image_path} has no annotation file {image_path.stem}'
                             f'{"|".join(annotations.SUFFIXES)} in {mask_dir}.')
+    if whole_slide:  # its size is read when its regions are cut (at data.mpp)
+      return SegRecord(image_path.stem, image_path, mask_path, 0, 0,
+                       classes=tuple(classes or ()), whole_slide=True)
     return SegRecord(image_path.stem, image_path, mask_path, *_check_image(image_path),
                      classes=tuple(classes or ()))
   mask_path = common.find_file(mask_dir, image_path.stem)
@@ -81,6 +94,14 @@ def _seg_record(image_path, mask_dir, classes=None) -> SegRecord:
   mask_hw = common.image_header(mask_path)[0]
   common.check_same_size(image_path, mask_path, image_hw, mask_hw)
   return SegRecord(image_path.stem, image_path, mask_path, *image_hw)
+
+
+def _images_and_slides(folder: pathlib.Path) -> list[pathlib.Path]:
+  """Images and whole slides (vendor formats; tiled TIFFs are among the images) in `folder`."""
+  images = common.list_images(folder)
+  return sorted(images + [p for p in folder.iterdir() if common.visible(p) and p.is_file()
+                          and p not in images
+                          and p.name.lower().endswith(slides.VENDOR_SUFFIXES)])
 
 
 def _folder(root, name) -> pathlib.Path:
@@ -128,7 +149,7 @@ def segmentation(root, images: str = 'images', masks: str = 'masks',
       pathlib.Path(root) / 'annotations').is_dir():
     masks = 'annotations'
   image_dir, mask_dir = _folder(root, images), _folder(root, masks)
-  image_paths = common.list_images(image_dir)
+  image_paths = _images_and_slides(image_dir)
   if not image_paths:
     raise paths.DataError(f'No images in {image_dir}.')
   stems = [p.stem for p in image_paths]
@@ -156,6 +177,34 @@ def load_image(record, channels: int = 3) -> np.ndarray:
     with slides.open_slide(record.image_path, mpp=1.0) as slide:
       return slide.thumbnail(512)[0]
   return (common.read_gray if channels == 1 else common.read_rgb)(record.image_path)
+
+
+def slide_regions(record: SegRecord, size: int, mpp: float, slide_mpp=None):
+  """Yields (name, uint8 image [size, size, 3], int32 labels, int32 instances) for the
+  size x size px regions, on a grid over the slide read at `mpp` µm/px, with at least one
+  annotated pixel (holes do not count). Policy: every object inside such a region
+  is annotated, so its unannotated pixels are background. Names: `<stem>_y<row>_x<col>` (view
+  px). Memory holds one region."""
+  regions = annotations.read_regions(record.mask_path)
+  annotations.region_labels(regions, record.classes, str(record.mask_path))  # checked first
+  tree = shapely.STRtree([geom for _, geom, _ in regions])
+  drawn = {i for i, (_, _, hole) in enumerate(regions) if not hole}
+  with slides.open_slide(record.image_path, mpp=slide_mpp) as slide:
+    view = slides.View(slide, mpp)
+    height, width = view.shape
+    for y in range(0, height, size):
+      for x in range(0, width, size):
+        box = shapely.box(x * view.factor, y * view.factor, (x + size) * view.factor,
+                          (y + size) * view.factor)
+        touching = set(tree.query(box, predicate='intersects').tolist())
+        if not touching & drawn:
+          continue
+        labels, instances = annotations.rasterize(
+            regions, (size, size), record.classes, str(record.mask_path),
+            origin=(x * view.factor, y * view.factor), factor=view.factor, only=touching)
+        if not instances.any():  # touched only along an edge, or only by holes
+          continue
+        yield f'{record.name}_y{y}_x{x}', view.read(y, x, size, size), labels, instances
 
 
 def load_mask(record: SegRecord) -> np.ndarray:
@@ -224,9 +273,7 @@ def class_folders(root, classes=None, skip_bad: bool = False
   bad = common.BadItems(skip_bad, f'class folders {root}')
   items = []
   for d in dirs:
-    images = common.list_images(d)
-    images += sorted(p for p in d.iterdir() if common.visible(p) and p not in images
-                     and p.name.lower().endswith(slides.VENDOR_SUFFIXES))
+    images = _images_and_slides(d)
     if not images:  # a class without examples: a misplaced folder, or a wrong data.classes
       raise paths.DataError(f'Class folder {d} holds no images ({", ".join(common.IMAGE_EXTS)}); '
                             'fill it, remove it, or leave it out of data.classes.')
