@@ -161,3 +161,26 @@ def test_colour_jitter_keeps_grey_grey_under_hue_and_saturation():
   m, t = aug._colour_matrix(np.random.default_rng(0), dict(saturation=0.5, hue=0.3), grey)
   out = m.T @ grey + t[:, None]
   np.testing.assert_allclose(out, grey, atol=0.05)
+
+
+@pytest.mark.parametrize('index', range(8))
+def test_glass_edge_turns_one_side_to_background_and_leaves_the_rest(index):
+  image, mask = _blocky()
+  params = dict(GEOMETRIC, glass_edge=0.4, p_glass_edge=1.0)
+  out, out_mask = aug.augment(image, mask, params, seed=3, epoch=1, index=index)
+  plain, plain_mask = aug.augment(image, mask, dict(params, glass_edge=0.0), seed=3, epoch=1,
+                                  index=index)
+  glass = out_mask == 0  # the blocky mask has no 0: every 0 is glass
+  assert glass.any() and not glass.all()
+  assert out[glass].min() >= 215 and np.abs(out[glass].astype(int) - out[glass].mean()).max() < 30
+  assert np.array_equal(out[~glass], plain[~glass]) and np.array_equal(out_mask[~glass],
+                                                                       plain_mask[~glass])
+  sides = [glass[0].all(), glass[-1].all(), glass[:, 0].all(), glass[:, -1].all()]
+  assert sum(sides) == 1  # one side, whole
+  # The band is one piece, its inner edge a curve: at most 40% of the crop deep (x1.5 waves).
+  assert ndimage.label(glass)[1] == 1
+  depth = glass.sum(axis=0 if sides[0] or sides[1] else 1)
+  assert depth.max() <= 0.4 * 1.5 * max(out.shape[:2]) + 1 and depth.std() > 0
+  off, _ = aug.augment(image, mask, dict(params, p_glass_edge=0.0), seed=3, epoch=1,
+                       index=index)
+  assert np.array_equal(off, plain)

@@ -37,6 +37,7 @@ def default_params():
       saturation=0.1, p_saturation=0.8,
       hue=0.02, p_hue=0.5,           # fraction of a full turn
       hed_sigma=0.05, hed_bias=0.02, p_hed=0.8,  # per stain: alpha ~ 1 ± sigma, beta ~ ±bias
+      glass_edge=0.0, p_glass_edge=0.3,  # off: a side turned to glass, up to this deep
   )
 
 
@@ -276,7 +277,9 @@ def augment(image, mask, params, *, seed, epoch, index):
   hed = (_get(params, 'hed_sigma', 0) or _get(params, 'hed_bias', 0)) and (
       rng.random() < _get(params, 'p_hed', 1.0))
   if exact and not (hed or any(_get(params, k, 0) for k in _PHOTOMETRIC)):
-    return f.reshape(out_hw + (-1,)), mask  # flips/rot90/crop only: no float round trip
+    # flips/rot90/crop only: no float round trip
+    return glass_edge(f.reshape(out_hw + (-1,)), mask, params, seed=seed, epoch=epoch,
+                      index=index)
   if exact:
     f = np.ascontiguousarray(f.T, dtype=np.float32)
   if hed:
@@ -296,4 +299,32 @@ def augment(image, mask, params, *, seed, epoch, index):
   out = np.empty(out_hw + (3,), np.uint8)
   for c in range(3):  # ~3x faster than a transposing copy
     out[..., c] = f[c]
-  return out, mask
+  return glass_edge(out, mask, params, seed=seed, epoch=epoch, index=index)
+
+
+def glass_edge(image, mask, params, *, seed, epoch, index):
+  """With probability p_glass_edge, one side of the crop becomes glass: a band up to
+  `glass_edge` of the crop deep (x1.5 at a wave's crest) with a wavy inner edge, filled with
+  near-white (a tint and a little noise drawn per crop) and labelled background (0). Teaches a
+  model trained on crops cut from inside tissue what a tissue edge on a slide looks like:
+  without it, glass next to tissue reads like a gland's lumen. Its own random stream: the
+  other draws are unchanged."""
+  depth = _get(params, 'glass_edge', 0)
+  rng = np.random.default_rng([int(seed), int(epoch), int(index), 1])
+  if not depth or not rng.random() < _get(params, 'p_glass_edge', 1.0):
+    return image, mask
+  image = np.rot90(image, k := int(rng.integers(4))).copy()  # the band on the top side
+  mask = None if mask is None else np.rot90(mask, k).copy()
+  height, width = image.shape[:2]
+  along = np.arange(width)
+  base = rng.uniform(0.05, depth) * height
+  waves = sum(rng.uniform(0.05, 0.25) * base * np.sin(2 * np.pi * along / rng.uniform(
+      0.3, 2.0) / width + rng.uniform(0, 2 * np.pi)) for _ in range(2))
+  edge = np.clip(base + waves, 1, height).astype(np.int64)  # the whole side is glass
+  glass = np.arange(height)[:, None] < edge[None, :]
+  tint = rng.uniform(228, 250) + rng.uniform(-4, 4, 3)
+  values = tint + rng.normal(0, 2.0, (int(glass.sum()), 3))
+  image[glass] = np.clip(values + 0.5, 0, 255).astype(np.uint8)[:, :image.shape[2]]
+  if mask is not None:
+    mask[glass] = 0
+  return np.rot90(image, -k).copy(), None if mask is None else np.rot90(mask, -k).copy()
