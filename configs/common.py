@@ -128,6 +128,7 @@ def base_config():
   c.data.tile_stride = placeholder(int)  # None: tile_size (no overlap)
   c.data.min_tissue = 0.5          # tiles with less tissue than this fraction are dropped
   c.data.slide_region = 1024       # segmentation from annotated slides: regions (px at data.mpp)
+  c.data.slide_mpp = 0.0           # training slides whose metadata has no pixel size: theirs
   c.data.max_train_examples = placeholder(int)  # subset for smoke runs
   c.data.max_eval_examples = placeholder(int)
   c.data.max_source_images = placeholder(int)

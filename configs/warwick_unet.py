@@ -78,7 +78,7 @@ def get_config(arg=None):
     c.eval_every_steps, c.ckpt_every_steps = 500, 500
     c.inference.update(window=(256, 256), overlap=0.5, blend='gaussian', window_batch=8,
                        tta='flips')
-  if arg.root:  # bring-your-own images/ + masks/: no GlaS object metrics, split by image
+  if arg.root:  # bring-your-own images/ + masks/ or annotations/ (histojax/data/sources/folders.py)
     c.dataset, c.data.root, c.num_classes = 'folder_seg', arg.root, arg.classes
     c.data.mpp = 0.0                 # unknown: --config.data.mpp=<µm/px> to predict slides
     c.data.fractions = dict(train=0.7, val=0.15, test=0.15)

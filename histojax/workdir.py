@@ -145,6 +145,8 @@ def accept_config(workdir, config, mode, has_checkpoint=True):
       logging.info('Config change (no checkpoint saved yet): %s %r -> %r.', k, a, b)
     return config
   shaping = {k: v for k, v in diff.items() if kind(k) == 'shaping'}
+  if diff.get('data.mpp', (0,))[0]:  # runtime only while unknown (0): slides were cut at it
+    shaping['data.mpp'] = diff['data.mpp']
   if shaping:
     shown = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in shaping.items())
     raise errors.WorkdirError(

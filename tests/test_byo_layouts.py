@@ -190,6 +190,13 @@ def test_annotated_whole_slides_give_their_annotated_regions_split_by_slide(tmp_
   coarse = truth[stem][1][::2, ::2][int(y[1:]):int(y[1:]) + 128, int(x[1:]):int(x[1:]) + 128]
   got = example['mask'][:coarse.shape[0], :coarse.shape[1]] > 0
   assert (got == (coarse > 0)).mean() > 0.97
+  # Annotations that miss their slide (wrong coordinates) are an error naming the file.
+  (root / 'annotations' / 'slide1.geojson').write_text(json.dumps({
+      'type': 'FeatureCollection', 'features': [{'type': 'Feature', 'properties': {},
+      'geometry': shapely.geometry.mapping(shapely.box(1e6, 1e6, 1e6 + 50, 1e6 + 50))}]}))
+  with pytest.raises(paths.DataError, match='slide1.geojson: no annotated region lies on '
+                     'slide1.tif'):
+    datasets.get_splits(config)
   # A slide is labelled by polygons only.
   (root / 'masks').mkdir()
   (root / 'annotations').rename(tmp_path / 'elsewhere')

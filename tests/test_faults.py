@@ -187,6 +187,18 @@ def test_any_change_is_accepted_before_the_first_checkpoint(tmp_path):
                                    has_checkpoint=False).batch_size == 16
 
 
+def test_data_mpp_is_settable_while_unknown_and_fixed_once_set(tmp_path):
+  """A run trained before data.mpp existed (0: unknown) predicts slides with it set; a run
+  whose slides were cut at a pixel size keeps it."""
+  workdir_lib.write_json_atomic(tmp_path / 'config.json', json.loads(smoke_config().to_json()))
+  assert workdir_lib.accept_config(tmp_path, smoke_config(**{'data.mpp': 0.5}), 'predict'
+                                   ).data.mpp == 0.5
+  workdir_lib.write_json_atomic(tmp_path / 'config.json',
+                                json.loads(smoke_config(**{'data.mpp': 0.5}).to_json()))
+  with pytest.raises(errors.WorkdirError, match=r'data.mpp: 0.5 -> 0.25'):
+    workdir_lib.accept_config(tmp_path, smoke_config(**{'data.mpp': 0.25}), 'train')
+
+
 def test_a_checkpoint_that_does_not_fit_is_refused_not_treated_as_damage(tmp_path,
                                                                          reference):
   """config.json agrees with the new config but the checkpoints hold Adam's state: the

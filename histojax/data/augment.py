@@ -317,7 +317,7 @@ def glass_edge(image, mask, params, *, seed, epoch, index):
   mask = None if mask is None else np.rot90(mask, k).copy()
   height, width = image.shape[:2]
   along = np.arange(width)
-  base = rng.uniform(0.05, depth) * height
+  base = rng.uniform(min(0.05, depth), depth) * height
   waves = sum(rng.uniform(0.05, 0.25) * base * np.sin(2 * np.pi * along / rng.uniform(
       0.3, 2.0) / width + rng.uniform(0, 2 * np.pi)) for _ in range(2))
   edge = np.clip(base + waves, 1, height).astype(np.int64)  # the whole side is glass

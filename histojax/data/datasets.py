@@ -171,7 +171,7 @@ def _folder_examples(config, records, k, instances):
         raise paths.DataError(f'{r.image_path} is a whole slide: set data.mpp (µm per pixel '
                               'to read its annotated regions at), e.g. --config.data.mpp=0.5.')
       for name, image, labels, instance_map in folders.slide_regions(
-          r, config.data.slide_region, config.data.mpp):
+          r, config.data.slide_region, config.data.mpp, config.data.slide_mpp or None):
         yield {'image': image, 'mask': instance_map if instances else labels}, [name, r.name]
     else:
       mask = (annotations.load(r.mask_path, (r.height, r.width), r.classes)[1] if instances
@@ -208,11 +208,12 @@ def _folder_seg(config):
   files = build.input_files(records)
   names = ['background', *(classes or [f'class{i}' for i in range(1, k)])]
   spec = {'image': ((None, None, 3), np.uint8), 'mask': ((None, None), np.int32)}
-  fingerprint = build.fingerprint(config, files, 'root', 'classes', 'mpp', 'slide_region'
-                                  ) | {'num_classes': k}
+  with_slides = any(r.whole_slide for r in records)
+  fingerprint = build.fingerprint(config, files, 'root', 'classes', *(
+      ('mpp', 'slide_region', 'slide_mpp') if with_slides else ())) | {'num_classes': k}
   notes = [f'Bring-your-own segmentation data from {root}'] + [
       f'Skipped bad input: {s}' for s in records.skipped]
-  if any(r.whole_slide for r in records):
+  if with_slides:
     notes.append(f'Whole slides: the {config.data.slide_region}² px regions at '
                  f'{config.data.mpp:g} µm/px that touch an annotation; their unannotated '
                  'pixels are background (every object in them is taken to be annotated).')
@@ -362,7 +363,7 @@ def _tiles(config):
                                 'tiles at, before data.scale), e.g. --config.data.mpp=0.5.')
         tiles = (t for _, t in slides.tissue_tiles(
             path, size, config.data.mpp / scale, stride=config.data.tile_stride,
-            min_tissue=min_tissue))
+            min_tissue=min_tissue, slide_mpp=config.data.slide_mpp or None))
       else:
         tiles = derive.tile_image(resample.image(load(), scale), size,
                                   config.data.tile_stride, source=name,
@@ -372,7 +373,7 @@ def _tiles(config):
 
   stored, metas = store.prepare(config.dataset, build.fingerprint(
       config, inputs, 'tile_size', 'tile_stride', 'min_tissue', 'scale', 'root',
-      'classes', 'mpp'), ['examples'], generate, {'image': ((size, size, 3), np.uint8),
+      'classes', 'mpp', 'slide_mpp'), ['examples'], generate, {'image': ((size, size, 3), np.uint8),
                                       'label': ((), np.int32)})
   tiles_meta = metas['examples']
   groups = splits.group_keys([m[0] for m in tiles_meta], [m[1] for m in tiles_meta])

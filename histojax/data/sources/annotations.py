@@ -101,13 +101,15 @@ def region_labels(regions, classes=None, where='annotations') -> list[int]:
 
 
 def rasterize(regions, shape, classes=None, where='annotations', origin=(0.0, 0.0),
-              factor=1.0, only=None):
+              factor=1.0, only=None, labels_of=None):
   """(int32 labels [H, W], int32 instances [H, W]) of `regions` (instance n: the n-th region
   of the file, 1-based). The window's pixel (r, c) covers the file's coordinates
   origin + factor * (c, r): origin (x, y) and factor (file px per window px) cut and scale a
   slide's level-0 polygons to a region read at a coarser pixel size. `only`: the indices of
-  the regions that can touch the window (all when None), drawn in file order."""
-  labels_of = region_labels(regions, classes, where)
+  the regions that can touch the window (all when None), drawn in file order; `labels_of`:
+  region_labels(regions, classes) when the caller has it (a slide cuts many windows)."""
+  if labels_of is None:
+    labels_of = region_labels(regions, classes, where)
   x0, y0 = origin
   to_window = [1 / factor, 0, 0, 1 / factor, -x0 / factor, -y0 / factor]
   labels = np.zeros(shape, np.int32)

@@ -71,29 +71,38 @@ def _check_image(path: pathlib.Path, channels: int = 3) -> tuple[int, int]:
   return hw
 
 
+def _stem(path: pathlib.Path) -> str:
+  """The name without its extension (`x.ome.tif` -> `x`, as QuPath names its exports)."""
+  name = path.name
+  return name[:-len('.ome.tif')] if name.lower().endswith('.ome.tif') else (
+      name[:-len('.ome.tiff')] if name.lower().endswith('.ome.tiff') else path.stem)
+
+
 def _seg_record(image_path, mask_dir, classes=None) -> SegRecord:
-  whole_slide = slides.is_whole_slide(image_path)
+  # A small single-level tiled TIFF is an image here: it may come with a mask image.
+  whole_slide = slides.is_whole_slide(image_path, small_tiled=False)
+  stem = _stem(image_path)
   if whole_slide and mask_dir.name != 'annotations':
     raise paths.DataError(f'{image_path} is a whole slide: its labels come as polygon '
-                          f'annotations, {mask_dir.parent}/annotations/{image_path.stem}'
+                          f'annotations, {mask_dir.parent}/annotations/{stem}'
                           f'{"|".join(annotations.SUFFIXES)}, not as a mask image.')
   if mask_dir.name == 'annotations':
-    mask_path = common.find_file(mask_dir, image_path.stem, annotations.SUFFIXES)
+    mask_path = common.find_file(mask_dir, stem, annotations.SUFFIXES)
     if mask_path is None:
-      raise paths.DataError(f'Image {image_path} has no annotation file {image_path.stem}'
+      raise paths.DataError(f'Image {image_path} has no annotation file {stem}'
                             f'{"|".join(annotations.SUFFIXES)} in {mask_dir}.')
     if whole_slide:  # its size is read when its regions are cut (at data.mpp)
-      return SegRecord(image_path.stem, image_path, mask_path, 0, 0,
+      return SegRecord(stem, image_path, mask_path, 0, 0,
                        classes=tuple(classes or ()), whole_slide=True)
-    return SegRecord(image_path.stem, image_path, mask_path, *_check_image(image_path),
+    return SegRecord(stem, image_path, mask_path, *_check_image(image_path),
                      classes=tuple(classes or ()))
-  mask_path = common.find_file(mask_dir, image_path.stem)
+  mask_path = common.find_file(mask_dir, stem)
   if mask_path is None:
-    raise paths.DataError(f'Image {image_path} has no mask {image_path.stem}.<ext> in {mask_dir}.')
+    raise paths.DataError(f'Image {image_path} has no mask {stem}.<ext> in {mask_dir}.')
   image_hw = _check_image(image_path)
   mask_hw = common.image_header(mask_path)[0]
   common.check_same_size(image_path, mask_path, image_hw, mask_hw)
-  return SegRecord(image_path.stem, image_path, mask_path, *image_hw)
+  return SegRecord(stem, image_path, mask_path, *image_hw)
 
 
 def _images_and_slides(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -152,7 +161,7 @@ def segmentation(root, images: str = 'images', masks: str = 'masks',
   image_paths = _images_and_slides(image_dir)
   if not image_paths:
     raise paths.DataError(f'No images in {image_dir}.')
-  stems = [p.stem for p in image_paths]
+  stems = [_stem(p) for p in image_paths]
   if len(set(stems)) != len(stems):
     raise paths.DataError(f'{image_dir} has two images with the same stem; their masks would '
                           'be ambiguous.')
@@ -173,7 +182,8 @@ def segmentation(root, images: str = 'images', masks: str = 'masks',
 def load_image(record, channels: int = 3) -> np.ndarray:
   """uint8 [H, W, channels] (3: RGB, 1: grayscale) for a SegRecord or ClassRecord; for a
   whole slide its thumbnail (opening it probes it; the tile datasets read its tiles)."""
-  if slides.is_whole_slide(record.image_path):
+  if (record.whole_slide if isinstance(record, SegRecord) else
+      slides.is_whole_slide(record.image_path)):
     with slides.open_slide(record.image_path, mpp=1.0) as slide:
       return slide.thumbnail(512)[0]
   return (common.read_gray if channels == 1 else common.read_rgb)(record.image_path)
@@ -186,12 +196,13 @@ def slide_regions(record: SegRecord, size: int, mpp: float, slide_mpp=None):
   is annotated, so its unannotated pixels are background. Names: `<stem>_y<row>_x<col>` (view
   px). Memory holds one region."""
   regions = annotations.read_regions(record.mask_path)
-  annotations.region_labels(regions, record.classes, str(record.mask_path))  # checked first
+  labels_of = annotations.region_labels(regions, record.classes, str(record.mask_path))
   tree = shapely.STRtree([geom for _, geom, _ in regions])
   drawn = {i for i, (_, _, hole) in enumerate(regions) if not hole}
   with slides.open_slide(record.image_path, mpp=slide_mpp) as slide:
     view = slides.View(slide, mpp)
     height, width = view.shape
+    count = 0
     for y in range(0, height, size):
       for x in range(0, width, size):
         box = shapely.box(x * view.factor, y * view.factor, (x + size) * view.factor,
@@ -201,10 +212,17 @@ def slide_regions(record: SegRecord, size: int, mpp: float, slide_mpp=None):
           continue
         labels, instances = annotations.rasterize(
             regions, (size, size), record.classes, str(record.mask_path),
-            origin=(x * view.factor, y * view.factor), factor=view.factor, only=touching)
+            origin=(x * view.factor, y * view.factor), factor=view.factor, only=touching,
+            labels_of=labels_of)
         if not instances.any():  # touched only along an edge, or only by holes
           continue
+        count += 1
         yield f'{record.name}_y{y}_x{x}', view.read(y, x, size, size), labels, instances
+  if not count:
+    raise paths.DataError(
+        f'{record.mask_path}: no annotated region lies on {record.image_path.name} '
+        f'({width}x{height} px at {mpp:g} µm/px): are its coordinates level-0 pixels of this '
+        'slide, and its regions polygons?')
 
 
 def load_mask(record: SegRecord) -> np.ndarray:

@@ -202,9 +202,10 @@ def is_slide(path):
   return name.endswith(SUFFIXES)
 
 
-def is_whole_slide(path):
+def is_whole_slide(path, small_tiled=True):
   """True for a vendor slide format, or a TIFF that is tiled, pyramidal or larger than
-  FLAT_MAX_PIXELS; other images (and TIFFs tifffile cannot parse) are read whole."""
+  FLAT_MAX_PIXELS; other images (and TIFFs tifffile cannot parse) are read whole.
+  small_tiled=False: a tiled TIFF of one level within FLAT_MAX_PIXELS is an image too."""
   name = pathlib.Path(path).name.lower()
   if name.endswith(VENDOR_SUFFIXES):
     return True
@@ -214,7 +215,7 @@ def is_whole_slide(path):
   try:
     with tifffile.TiffFile(path) as tif:
       page, series = tif.pages[0], tif.series[0]
-      return bool(page.is_tiled or len(series.levels) > 1 or
+      return bool((small_tiled and page.is_tiled) or len(series.levels) > 1 or
                   page.imagewidth * page.imagelength > FLAT_MAX_PIXELS)
   except Exception:  # pylint: disable=broad-except
     return False  # the flat reader names what is wrong with it
@@ -311,8 +312,9 @@ def _pixel_size(path, found, given):
     return found, 'metadata'
   if given:
     return float(given), '--mpp'
-  raise SlideError(f'{path}: no pixel size in its metadata; pass --mpp=<µm per pixel> (e.g. '
-                   '0.5 for a 20x scan, 0.25 for 40x).')
+  raise SlideError(f'{path}: no pixel size in its metadata; give it (µm per pixel, e.g. 0.5 '
+                   'for a 20x scan, 0.25 for 40x) with --mpp= to predict, or '
+                   '--config.data.slide_mpp= to train.')
 
 
 # ------------------------------------------------------------------------------ tissue
