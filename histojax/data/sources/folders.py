@@ -73,9 +73,10 @@ def _check_image(path: pathlib.Path, channels: int = 3) -> tuple[int, int]:
 
 def _stem(path: pathlib.Path) -> str:
   """The name without its extension (`x.ome.tif` -> `x`, as QuPath names its exports)."""
-  name = path.name
-  return name[:-len('.ome.tif')] if name.lower().endswith('.ome.tif') else (
-      name[:-len('.ome.tiff')] if name.lower().endswith('.ome.tiff') else path.stem)
+  for suffix in ('.ome.tif', '.ome.tiff'):
+    if path.name.lower().endswith(suffix):
+      return path.name[:-len(suffix)]
+  return path.stem
 
 
 def _seg_record(image_path, mask_dir, classes=None) -> SegRecord:
