@@ -346,6 +346,8 @@ def _run(config, workdir, mode, ckpts, writer, guard, closing, on_eval):
         progress.started(step, time.perf_counter() - started)
         guard.phase = 'training'
       pending.append((step, metrics))
+      if len(pending) > 1:  # at most two steps in flight: on CPU, dispatch otherwise runs
+        jax.block_until_ready(pending[-2][1])  # steps ahead, and a stop waits for them all
       stop = bool(guard.requested) if single else False
       if stop:
         guard.take()

@@ -120,6 +120,33 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert not (tmp_path / 'report.md').exists()
 
 
+def test_at_most_two_train_steps_are_in_flight(tmp_path, monkeypatch):
+  """The loop waits for step n-1 before it dispatches step n+1: the CPU backend would
+  otherwise queue many steps ahead of the one computing, and a SIGTERM (saved at the
+  dispatched step) or a NaN (found at the next log) would wait for the whole queue."""
+  from configs import mnist_cnn
+  from histojax import train
+  config = mnist_cnn.get_config('smoke')
+  config.model.features = (32, 64, 128, 128, 256)  # a step slower than its dispatch
+  config.total_steps, config.log_every_steps, config.eval_every_steps = 12, 12, 12
+  real_jit, dispatched, unfinished = jax.jit, [], []
+
+  def jit(fn, *args, **kwargs):
+    compiled = real_jit(fn, *args, **kwargs)
+    if getattr(fn, '__name__', '') != 'train_step':
+      return compiled
+
+    def step(*step_args):  # steps before the previous one must be done by now
+      unfinished.append(sum(not m.is_ready() for m in dispatched[:-1]))
+      state, metrics = compiled(*step_args)
+      dispatched.append(metrics['loss'])
+      return state, metrics
+    return step
+  monkeypatch.setattr(jax, 'jit', jit)
+  train.train_and_evaluate(config, tmp_path)
+  assert len(unfinished) == 12 and max(unfinished) == 0, unfinished
+
+
 def test_nonfinite_loss_stops_and_sets_aside_the_checkpoints_that_led_to_it(tmp_path):
   rc, out = _run(tmp_path, '--config.optimizer.lr=1e30', '--config.ckpt_every_steps=1',
                  '--config.log_every_steps=1')
