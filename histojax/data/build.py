@@ -1,9 +1,29 @@
 """What every dataset builder (histojax/data/datasets.py) shares: record lists read with
 optional skipping of bad files, the cache fingerprint, group-aware splits and the indexed
 views of a stored dataset."""
+import dataclasses
+
 import numpy as np
 
 from histojax.data import splits, store
+
+
+@dataclasses.dataclass
+class Splits:
+  """Random-access sources of example dicts. `tests` maps test-part names (MNIST: 'test';
+  GlaS: 'testA', 'testB') to sources; only the final report reads them."""
+  train: object
+  val: object
+  tests: dict
+  info: dict  # {'num_classes': int, 'class_names': [...], 'notes': [...], ...}
+
+
+def carved(parts, class_names, notes, **info) -> Splits:
+  """The Splits of a dataset whose train/val/test were carved by build.split_by_group; `info`
+  adds the task hints (instance_masks, points, num_images)."""
+  info = {'num_classes': len(class_names), 'class_names': list(class_names), 'notes': notes,
+          **info}
+  return Splits(parts['train'], parts['val'], {'test': parts['test']}, info)
 
 
 class Indexed:
