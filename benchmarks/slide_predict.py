@@ -13,7 +13,10 @@ pyramid holds filtered, not decimated, levels. `--dice`: the 10k² slide holds t
 images (testA + testB) once each; its predicted label map (at the model's pixel size) is scored
 against the stitched truth, and the same images predicted one by one (`--mode=predict` on a
 folder of them, the masks brought to the model's pixel size by nearest neighbour) are scored
-the same way. Each prediction runs as its own `launch.py --mode=predict` process; its peak RSS
+the same way, and so are the images predicted one by one each on GAP px of glass (the
+context an image's edges have on the slide, without its tiles, level or neighbours: stitched
+vs on-glass is what seams and levels cost, on-glass vs one by one what glass at the image's
+edges costs). Each prediction runs as its own `launch.py --mode=predict` process; its peak RSS
 comes from wait4. Prints one JSON line per slide.
 """
 import json
@@ -174,7 +177,17 @@ def main(_):
           Image.fromarray(image).save(folder / f'{r.name}.png')
       if not all((out / 'pred_images' / f'{r.name}_mask.png').exists() for r in chosen):
         run_predict(folder, out / 'pred_images', extra)  # the same model: done once
-      stitched, single = [], []
+      # Each image alone on GAP px of glass: the context its edges have on the slide, without
+      # the slide's tiles, pyramid level or neighbours (what seams and levels cost, apart).
+      on_glass = out / 'test_images_on_glass'
+      on_glass.mkdir(exist_ok=True)
+      for r, image in zip(chosen, images):
+        if not (on_glass / f'{r.name}.png').exists():
+          padded = np.pad(image, ((GAP, GAP), (GAP, GAP), (0, 0)), constant_values=BACKGROUND)
+          Image.fromarray(padded).save(on_glass / f'{r.name}.png')
+      if not all((out / 'pred_on_glass' / f'{r.name}_mask.png').exists() for r in chosen):
+        run_predict(on_glass, out / 'pred_on_glass', extra)
+      stitched, single, glassed = [], [], []
       for (i, x, y), r in zip(layout.boxes(), chosen):
         small = resample.mask(masks[i], 1 / factor)  # the truth at the model's pixel size
         h, w = small.shape
@@ -182,10 +195,14 @@ def main(_):
         stitched.append((labels[top:top + h, left:left + w], small))
         mine = np.asarray(Image.open(out / 'pred_images' / f'{r.name}_mask.png'))
         single.append((resample.mask(mine, 1 / factor), small))
+        mine = np.asarray(Image.open(out / 'pred_on_glass' / f'{r.name}_mask.png'))
+        mine = mine[GAP:GAP + masks[i].shape[0], GAP:GAP + masks[i].shape[1]]
+        glassed.append((resample.mask(mine, 1 / factor), small))
       pooled = lambda pairs: dice(np.concatenate([p.ravel() for p, _ in pairs]),  # pylint: disable=g-long-lambda
                                   np.concatenate([t.ravel() for _, t in pairs]))
       line.update(dice_stitched=round(float(pooled(stitched)), 4),
-                  dice_one_by_one=round(float(pooled(single)), 4))
+                  dice_one_by_one=round(float(pooled(single)), 4),
+                  dice_one_by_one_on_glass=round(float(pooled(glassed)), 4))
     print(json.dumps(line), flush=True)
 
 
