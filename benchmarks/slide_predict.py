@@ -6,18 +6,18 @@ size, and the Dice of the stitched slide prediction against predicting its image
   python benchmarks/slide_predict.py --workdir=W --slides=DIR --sides=10000,30000,60000 --sparse=12
 
 Slides are GlaS images (release pixel size 0.62005 µm/px) tiled onto a near-white canvas with
-96 px of glass between them, written as JPEG-tiled (q90) pyramidal TIFFs with resolution tags,
-tile by tile: the canvas is never held whole. Level k holds each image downsampled 2^k times
-with the antialiased bilinear filter of training (histojax/data/resample.py), as a scanner's
-pyramid holds filtered, not decimated, levels. `--dice`: the 10k² slide holds the 80 test
-images (testA + testB) once each; its predicted label map (at the model's pixel size) is scored
-against the stitched truth, and the same images predicted one by one (`--mode=predict` on a
-folder of them, the masks brought to the model's pixel size by nearest neighbour) are scored
-the same way, and so are the images predicted one by one each on GAP px of glass (the
-context an image's edges have on the slide, without its tiles, level or neighbours: stitched
-vs on-glass is what seams and levels cost, on-glass vs one by one what glass at the image's
-edges costs). Each prediction runs as its own `launch.py --mode=predict` process; its peak RSS
-comes from wait4. Prints one JSON line per slide.
+96 px of glass between them, written as JPEG-tiled (q90; `--tiles=zlib`: lossless) pyramidal
+TIFFs with resolution tags, tile by tile: the canvas is never held whole. Level k holds each
+image downsampled 2^k times with the antialiased bilinear filter of training
+(histojax/data/resample.py), as a scanner's pyramid holds filtered, not decimated, levels.
+`--dice`: the 10k² slide holds the 80 test images (testA + testB) once each; its predicted
+label map (at the model's pixel size) is scored against the stitched truth, and the same images
+predicted one by one (`--mode=predict` on a folder of them, the masks brought to the model's
+pixel size by nearest neighbour) are scored the same way, and so are the images predicted one
+by one each on GAP px of glass (the context an image's edges have on the slide, without its
+tiles, level or neighbours: on-glass vs one by one is what glass at the image's edges costs).
+Each prediction runs as its own `launch.py --mode=predict` process; its peak RSS comes from
+wait4. Prints one JSON line per slide.
 """
 import json
 import os
@@ -45,10 +45,14 @@ flags.DEFINE_string('sides', '10000,30000', 'Slide sides (px) to build and predi
 flags.DEFINE_bool('dice', False, 'Stitched vs per-image Dice on the 10k² test-image slide.')
 flags.DEFINE_string('extra', '', 'Extra launch.py flags, comma-separated.')
 flags.DEFINE_bool('build_only', False, 'Only write the slides.')
+flags.DEFINE_enum('tiles', 'jpeg', ['jpeg', 'zlib'], 'Slide tile compression: JPEG q90 (as '
+                  'scanners write) or lossless zlib (the source pixels exactly).')
 flags.DEFINE_integer('sparse', 0, 'Only this many images, spread evenly over the slide (the '
                      'same tissue on every size: memory against slide size at equal work).')
 FLAGS = flags.FLAGS
 GAP, TILE, BACKGROUND = 96, 512, 246
+COMPRESSION = {'jpeg': {'compression': 'jpeg', 'compressionargs': {'level': 90}},
+               'zlib': {'compression': 'zlib'}}
 
 
 class Layout:
@@ -106,7 +110,7 @@ def write_slide(path, layout):
       tiles = (layout.region(y, x, TILE, TILE, scale) for y in range(0, side, TILE)
                for x in range(0, side, TILE))
       tif.write(tiles, shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE),
-                compression='jpeg', compressionargs={'level': 90}, photometric='rgb',
+                photometric='rgb', **COMPRESSION[FLAGS.tiles],
                 subfiletype=0 if scale == 1 else 1, resolution=(per_cm, per_cm),
                 resolutionunit='CENTIMETER', metadata=None)
       scale *= 2
@@ -148,6 +152,7 @@ def main(_):
   for side in map(int, FLAGS.sides.split(',')):
     layout = Layout(images, masks, side, once=FLAGS.dice, sparse=FLAGS.sparse)
     kind = '_test' if FLAGS.dice else f'_sparse{FLAGS.sparse}' if FLAGS.sparse else ''
+    kind += '_zlib' if FLAGS.tiles == 'zlib' else ''
     slide = out / f'slide_{side}{kind}.tif'
     if not slide.exists():
       t0 = time.perf_counter()
