@@ -5,6 +5,10 @@ CPU:      python launch.py --config=configs/warwick_unet.py:cpu --workdir=workdi
           (2 CPU cores, <= 2 core-hours: half resolution, U-Net 16→256, 192 px crops, batch 8,
           2,500 steps, flip TTA; scored on the full-resolution masks. Measured: pooled test
           Dice 0.919 in 5,004 CPU-s = 1.39 core-hours, 48 min wall, BENCHMARKS.md)
+Slides:   python launch.py --config=configs/warwick_unet.py:cpu,slides --workdir=workdirs/glas_wsi
+          (also trains on crops with a glass edge and JPEG-compressed crops, as whole slides show
+          them: test Dice 0.909 one by one, 0.902 stitched onto a JPEG slide; without: 0.916 /
+          0.872. 4,993 CPU-s, 44 min wall; BENCHMARKS.md, whole-slide prediction)
 Smoke:    python launch.py --config=configs/warwick_unet.py:smoke --workdir=/tmp/glas_smoke
 Your own: python launch.py --config=configs/warwick_unet.py:root=DIR[,classes=K] --workdir=W
           (DIR/images + DIR/masks with matching stems; binary 0/255 or label masks 0..K-1;
@@ -33,7 +37,7 @@ from histojax.data.sources import glas
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False, fp32=False, flips_only=False, root='', classes=2,
-                         cpu=False)
+                         cpu=False, slides=False)
   c = common.base_config()
   c.task, c.dataset = 'segmentation', 'glas'
   c.data.mpp = glas.MPP              # 20x, 0.62005 µm/px (the GlaS release; cited there)
@@ -78,6 +82,9 @@ def get_config(arg=None):
     c.eval_every_steps, c.ckpt_every_steps = 500, 500
     c.inference.update(window=(256, 256), overlap=0.5, blend='gaussian', window_batch=8,
                        tta='flips')
+  if arg.slides:  # GlaS crops come from inside tissue, as PNGs; slides have glass and JPEG
+    c.data.augment.update(glass_edge=0.3, p_glass_edge=0.3, jpeg_quality=(60, 95),
+                          p_jpeg_quality=0.5)
   if arg.root:  # bring-your-own images/ + masks/ or annotations/ (histojax/data/sources/folders.py)
     c.dataset, c.data.root, c.num_classes = 'folder_seg', arg.root, arg.classes
     c.data.mpp = 0.0                 # unknown: --config.data.mpp=<µm/px> to predict slides

@@ -1,6 +1,9 @@
 """Tests for host-side joint image/mask augmentation."""
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from histojax.data import augment as aug
@@ -184,3 +187,21 @@ def test_glass_edge_turns_one_side_to_background_and_leaves_the_rest(index):
   off, _ = aug.augment(image, mask, dict(params, p_glass_edge=0.0), seed=3, epoch=1,
                        index=index)
   assert np.array_equal(off, plain)
+
+
+@pytest.mark.parametrize('channels', [3, 1])
+def test_jpeg_is_a_round_trip_at_a_quality_in_range_and_leaves_the_mask(channels):
+  image, mask = _blocky()
+  image = np.ascontiguousarray(image[..., :channels])
+  params = dict(jpeg_quality=(70, 72), p_jpeg_quality=1.0)
+  out, out_mask = aug.augment(image, mask, params, seed=3, epoch=1, index=0)
+  assert out.shape == image.shape and out.dtype == np.uint8 and np.array_equal(out_mask, mask)
+  assert not np.array_equal(out, image)
+  def round_trip(quality):
+    buffer = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if channels == 1 else image).save(
+        buffer, format='JPEG', quality=quality, subsampling=2)
+    return np.asarray(Image.open(buffer)).reshape(image.shape)
+  assert any(np.array_equal(out, round_trip(q)) for q in (70, 71, 72))
+  off, _ = aug.augment(image, mask, dict(params, p_jpeg_quality=0.0), seed=3, epoch=1, index=0)
+  assert np.array_equal(off, image)

@@ -195,6 +195,8 @@ def test_every_config_key_the_code_reads_is_a_base_config_field():
 
 
 @pytest.mark.parametrize('name', CONFIGS + ['mnist_cnn:cpu', 'warwick_unet:cpu',
+                                             'warwick_unet:cpu,slides',
+                                             'warwick_unet:flips_only,slides',
                                              'crchisto_nuclei_unet:cpu', 'nuclei_resnet18:cpu',
                                              'patches_cnn:cpu', 'crchisto_types_unet:smoke'])
 def test_configs_keep_every_base_field(name):
@@ -207,6 +209,23 @@ def test_configs_keep_every_base_field(name):
   dropped = [k for k in workdir.flatten(common.base_config().to_dict())
              if k not in have and not any(h.startswith(k + '.') for h in have)]
   assert not dropped, f'{name}: base config keys missing: {dropped}'
+
+
+def test_slides_argument_trains_on_glass_edges_and_jpeg_crops():
+  """`:slides` turns on what a slide shows and GlaS crops do not; without it both stay off."""
+  from histojax.data import augment
+  for arg in ('cpu,slides', 'flips_only,slides'):
+    params = _config('warwick_unet', arg).data.augment.to_dict()
+    assert params['glass_edge'] == 0.3 and tuple(params['jpeg_quality']) == (60, 95), arg
+    image = np.random.default_rng(0).integers(0, 200, (64, 64, 3), dtype=np.uint8)
+    mask = np.ones((64, 64), np.int32)
+    params.update(p_glass_edge=1.0, p_jpeg_quality=1.0, crop_size=None)
+    out, out_mask = augment.augment(image, mask, params, seed=0, epoch=0, index=0)
+    lossless, _ = augment.augment(image, mask, dict(params, p_jpeg_quality=0.0), seed=0,
+                                  epoch=0, index=0)
+    assert (out_mask == 0).any() and not np.array_equal(out, lossless), arg
+  plain = _config('warwick_unet', 'cpu').data.augment
+  assert not plain.glass_edge and not any(plain.jpeg_quality)
 
 
 def write_segmentation_folder(root, n_images=6, classes=2):

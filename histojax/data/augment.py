@@ -12,8 +12,10 @@ probability (1.0 if absent). Ranges: a scalar x means ±x (or [0, x] for blur_si
 """
 import ctypes
 import functools
+import io
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 FLIPS_ONLY = dict(flip=0.5, rot90=1.0)
@@ -38,6 +40,7 @@ def default_params():
       hue=0.02, p_hue=0.5,           # fraction of a full turn
       hed_sigma=0.05, hed_bias=0.02, p_hed=0.8,  # per stain: alpha ~ 1 ± sigma, beta ~ ±bias
       glass_edge=0.0, p_glass_edge=0.3,  # off: a side turned to glass, up to this deep
+      jpeg_quality=(0, 0), p_jpeg_quality=0.5,  # off: (lo, hi) JPEG quality, as scanners write
   )
 
 
@@ -278,8 +281,8 @@ def augment(image, mask, params, *, seed, epoch, index):
       rng.random() < _get(params, 'p_hed', 1.0))
   if exact and not (hed or any(_get(params, k, 0) for k in _PHOTOMETRIC)):
     # flips/rot90/crop only: no float round trip
-    return glass_edge(f.reshape(out_hw + (-1,)), mask, params, seed=seed, epoch=epoch,
-                      index=index)
+    return _finish(f.reshape(out_hw + (-1,)), mask, params, seed=seed, epoch=epoch,
+                   index=index)
   if exact:
     f = np.ascontiguousarray(f.T, dtype=np.float32)
   if hed:
@@ -299,7 +302,13 @@ def augment(image, mask, params, *, seed, epoch, index):
   out = np.empty(out_hw + (3,), np.uint8)
   for c in range(3):  # ~3x faster than a transposing copy
     out[..., c] = f[c]
-  return glass_edge(out, mask, params, seed=seed, epoch=epoch, index=index)
+  return _finish(out, mask, params, seed=seed, epoch=epoch, index=index)
+
+
+def _finish(image, mask, params, **key):
+  """What the slide adds last: glass at a cut edge, then the scanner's JPEG."""
+  image, mask = glass_edge(image, mask, params, **key)
+  return jpeg(image, params, **key), mask
 
 
 def glass_edge(image, mask, params, *, seed, epoch, index):
@@ -328,3 +337,20 @@ def glass_edge(image, mask, params, *, seed, epoch, index):
   if mask is not None:
     mask[glass] = 0
   return np.rot90(image, -k).copy(), None if mask is None else np.rot90(mask, -k).copy()
+
+
+def jpeg(image, params, *, seed, epoch, index):
+  """With probability p_jpeg_quality, a JPEG round trip at a quality drawn from jpeg_quality
+  (lo, hi), with 4:2:0 chroma as slide scanners write it. The model then reads slides' JPEG
+  tiles as it reads PNGs: q90 otherwise turns pale mucin into what it calls background
+  (BENCHMARKS.md, issue 15). Its own random stream: the other draws are unchanged."""
+  quality = _get(params, 'jpeg_quality', 0)
+  rng = np.random.default_rng([int(seed), int(epoch), int(index), 2])
+  if not np.any(quality) or not rng.random() < _get(params, 'p_jpeg_quality', 1.0):
+    return image
+  lo, hi = (quality, quality) if np.ndim(quality) == 0 else quality
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(
+      buffer, format='JPEG', quality=int(rng.integers(int(lo), int(hi) + 1)), subsampling=2)
+  out = np.asarray(Image.open(buffer))
+  return out.reshape(image.shape)
