@@ -196,7 +196,7 @@ def test_jpeg_is_a_round_trip_at_a_quality_in_range_and_leaves_the_mask(channels
   params = dict(jpeg_quality=(70, 72), p_jpeg_quality=1.0)
   out, out_mask = aug.augment(image, mask, params, seed=3, epoch=1, index=0)
   assert out.shape == image.shape and out.dtype == np.uint8 and np.array_equal(out_mask, mask)
-  assert not np.array_equal(out, image)
+  assert not np.array_equal(out, image) and out.flags.writeable
   def round_trip(quality):
     buffer = io.BytesIO()
     Image.fromarray(image.squeeze(-1) if channels == 1 else image).save(
@@ -205,3 +205,26 @@ def test_jpeg_is_a_round_trip_at_a_quality_in_range_and_leaves_the_mask(channels
   assert any(np.array_equal(out, round_trip(q)) for q in (70, 71, 72))
   off, _ = aug.augment(image, mask, dict(params, p_jpeg_quality=0.0), seed=3, epoch=1, index=0)
   assert np.array_equal(off, image)
+
+
+@pytest.mark.parametrize('quality', [(95, 60), (50,), (0, 101), 101])
+def test_jpeg_quality_out_of_range_names_the_key(quality):
+  image, mask = _blocky()
+  with pytest.raises(ValueError, match='data.augment.jpeg_quality'):
+    aug.augment(image, mask, dict(jpeg_quality=quality, p_jpeg_quality=0.0), seed=0, epoch=0,
+                index=0)
+
+
+def test_jpeg_keeps_the_other_draws_and_compresses_the_glass_too():
+  """JPEG comes last, on its own stream: with it the crop is the one without it, compressed
+  (glass band included), pixel for pixel within JPEG's error."""
+  image, mask = _blocky()
+  params = dict(GEOMETRIC, glass_edge=0.4, p_glass_edge=1.0, jpeg_quality=(90, 90),
+                p_jpeg_quality=1.0)
+  out, out_mask = aug.augment(image, mask, params, seed=5, epoch=2, index=3)
+  plain, plain_mask = aug.augment(image, mask, dict(params, p_jpeg_quality=0.0), seed=5, epoch=2,
+                                  index=3)
+  assert np.array_equal(out_mask, plain_mask) and (out_mask == 0).any()
+  buffer = io.BytesIO()
+  Image.fromarray(plain).save(buffer, format='JPEG', quality=90, subsampling=2)
+  assert np.array_equal(out, np.asarray(Image.open(buffer)))

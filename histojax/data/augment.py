@@ -40,7 +40,7 @@ def default_params():
       hue=0.02, p_hue=0.5,           # fraction of a full turn
       hed_sigma=0.05, hed_bias=0.02, p_hed=0.8,  # per stain: alpha ~ 1 ± sigma, beta ~ ±bias
       glass_edge=0.0, p_glass_edge=0.3,  # off: a side turned to glass, up to this deep
-      jpeg_quality=(0, 0), p_jpeg_quality=0.5,  # off: (lo, hi) JPEG quality, as scanners write
+      jpeg_quality=(0, 0), p_jpeg_quality=0.5,  # off: (lo, hi) JPEG quality; one: (q, q)
   )
 
 
@@ -345,12 +345,17 @@ def jpeg(image, params, *, seed, epoch, index):
   tiles as it reads PNGs: q90 otherwise turns pale mucin into what it calls background
   (BENCHMARKS.md, issue 15). Its own random stream: the other draws are unchanged."""
   quality = _get(params, 'jpeg_quality', 0)
-  rng = np.random.default_rng([int(seed), int(epoch), int(index), 2])
-  if not np.any(quality) or not rng.random() < _get(params, 'p_jpeg_quality', 1.0):
+  if not np.any(quality):
     return image
-  lo, hi = (quality, quality) if np.ndim(quality) == 0 else quality
+  bounds = [quality] * 2 if np.ndim(quality) == 0 else list(quality)
+  if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1] <= 100:
+    raise ValueError('data.augment.jpeg_quality must be (lo, hi) with 1 <= lo <= hi <= 100, '
+                     f'or (0, 0) for off; got {quality!r}.')
+  rng = np.random.default_rng([int(seed), int(epoch), int(index), 2])
+  if not rng.random() < _get(params, 'p_jpeg_quality', 1.0):
+    return image
   buffer = io.BytesIO()
   Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(
-      buffer, format='JPEG', quality=int(rng.integers(int(lo), int(hi) + 1)), subsampling=2)
-  out = np.asarray(Image.open(buffer))
-  return out.reshape(image.shape)
+      buffer, format='JPEG', quality=int(rng.integers(int(bounds[0]), int(bounds[1]) + 1)),
+      subsampling=2)
+  return np.array(Image.open(buffer)).reshape(image.shape)  # writable, like every other path
