@@ -87,6 +87,11 @@ class SlideRun:
           'this run records no training pixel size (config key data.mpp): pass '
           '--config.data.mpp=<µm per pixel of its training images> to predict slides.')
     self.model_mpp = float(config.data.mpp) / float(config.data.scale)
+    if not (config.data.get('augment') or {}).get('glass_edge'):
+      logging.warning(  # a plain GlaS model: stitched Dice 0.872 vs 0.916 (BENCHMARKS.md)
+          'This model never saw glass beside tissue in training (data.augment.glass_edge is '
+          'off): it may miss objects at tissue edges. To train for slides: '
+          'configs/warwick_unet.py:cpu,slides, or data.augment.glass_edge=0.3.')
     self.tiling = tiling(tuple(config.inference.window), config.inference.overlap,
                          config.inference.slide_tile)
     # object_min_size was chosen on full-resolution labels; the model's pixels are 1/scale.

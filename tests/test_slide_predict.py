@@ -145,6 +145,13 @@ def test_a_slide_far_from_the_models_pixel_size_warns(tmp_path, tissue, caplog):
   row = run.predict(path, 'coarse.tif', 'coarse')  # 5x upsampled to the model's 0.5 µm/px
   assert row['status'] == 'ok' and row['level'] == 0
   assert 'coarse.tif: read at 2.500 µm/px' in caplog.text and 'wrong pixel size' in caplog.text
+  assert 'data.augment.glass_edge is off' in caplog.text  # this model never saw glass
+  caplog.clear()
+  config = _config(0.5, 256)
+  config.data.augment = {'glass_edge': 0.3}
+  slide_predict.SlideRun(_predictor('none'), config, CLASSES, {}, {}, tmp_path,
+                         object_type='annotation', scale=1.0)
+  assert 'glass_edge' not in caplog.text
   with tifffile.TiffFile(tmp_path / 'coarse_mask.tif') as tif:
     assert tif.pages[0].shape == (256 * 5, 320 * 5)
 
