@@ -217,7 +217,7 @@ def test_jpeg_quality_out_of_range_names_the_key(quality):
 
 def test_jpeg_keeps_the_other_draws_and_compresses_the_glass_too():
   """JPEG comes last, on its own stream: with it the crop is the one without it, compressed
-  (glass band included), pixel for pixel within JPEG's error."""
+  (glass band included), pixel for pixel."""
   image, mask = _blocky()
   params = dict(GEOMETRIC, glass_edge=0.4, p_glass_edge=1.0, jpeg_quality=(90, 90),
                 p_jpeg_quality=1.0)
